@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Every error a user can cause (bad image, missing folder, missing weights, unknown name) is raised as a
+``GeneralADError`` whose message is ONE line naming what went wrong and where. The CLI prints it as
+``generalad: error: <message>`` and exits with status 2, without a traceback.
+"""
+
+
+class GeneralADError(Exception):
+    """Base class of errors caused by user input; ``str(err)`` is one line."""
+
+
+class InputError(GeneralADError):
+    """An unreadable image, a missing or empty folder, a mask that does not match its image."""
+
+
+class WeightsError(GeneralADError):
+    """Pretrained weights that cannot be found, downloaded or loaded."""
+
+
+class ConfigError(GeneralADError):
+    """An unknown model/backbone name or an invalid option value."""
