@@ -1,0 +1,1 @@
+"""Pure tensor code: no file I/O, no datasets."""

@@ -1,0 +1,38 @@
+"""Shared fixtures: paths to the real data in ../shared (tests skip cleanly when it is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = (ROOT.parent / "shared").resolve()
+DATA = SHARED / "data"
+VITS14_WEIGHTS = SHARED / "weights" / "vits14_dinov2_imgfocus.safetensors"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (expected ../shared beside the project)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bottle_dir() -> Path:
+    return _need(DATA / "mvtec_bottle_subset" / "bottle")
+
+
+@pytest.fixture(scope="session")
+def magnetic_tile_dir() -> Path:
+    return _need(DATA / "magnetic_tile")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return _need(DATA / "mnist_subset")
+
+
+@pytest.fixture(scope="session")
+def vits14_weights() -> Path:
+    return _need(VITS14_WEIGHTS)

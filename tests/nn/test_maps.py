@@ -1,0 +1,27 @@
+import torch
+
+from generalad.nn.maps import gaussian_blur, gaussian_kernel1d, upsample_maps
+
+
+def test_kernel_is_normalised_and_radius_respected():
+    taps = gaussian_kernel1d(16.0, radius=18)
+    assert taps.numel() == 37
+    assert abs(float(taps.sum()) - 1.0) < 1e-6
+
+
+def test_blur_preserves_constant_and_mass_of_impulse():
+    const = torch.full((2, 40, 50), 3.0)
+    assert torch.allclose(gaussian_blur(const, 4.0), const, atol=1e-5)
+    impulse = torch.zeros(1, 41, 41)
+    impulse[0, 20, 20] = 1.0
+    out = gaussian_blur(impulse, 2.0)
+    assert abs(float(out.sum()) - 1.0) < 1e-4
+    assert out[0, 20, 20] == out.max()
+
+
+def test_upsample_shape_and_small_map_blur():
+    grid = torch.rand(3, 4, 4)
+    out = upsample_maps(grid, (37, 29), sigma=8.0)
+    assert out.shape == (3, 37, 29)
+    tiny = gaussian_blur(torch.rand(1, 3, 3), 10.0)  # kernel larger than map must not fail
+    assert tiny.shape == (1, 3, 3)
