@@ -1,0 +1,147 @@
+"""``generalad benchmark CONFIG.yaml``: models × datasets × categories (× seeds × shots) → one table.
+
+YAML shape (relative paths are taken from the current directory)::
+
+    out: runs/benchmark/industrial
+    eval_size: 256                 # or "native"
+    seeds: [0]                     # several → mean ± std
+    shots: [null]                  # few-shot table: [1, 2, 4, 8]
+    contaminate: 0                 # leak-free contamination (anomalous test images moved into training)
+    models:
+      - {name: patchcore, label: PatchCore, options: {backbone: efficientnet_lite0}}
+      - {name: generalad, options: {backbone: dinov2_vits14, weights: w.safetensors, preset: industrial}}
+    datasets:
+      - {name: mvtec, root: ../shared/data/mvtec_bottle_subset, categories: [bottle]}
+      - {name: mnist, root: ../shared/data/mnist_subset, normal_classes: [0, 1], options: {preset: semantic}}
+
+Writes ``results.jsonl`` (one line per fit/test), ``table.md`` and ``table.csv`` (per category + mean).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from generalad.errors import ConfigError, InputError
+from generalad.evaluate import evaluate
+from generalad.io import atomic_write_text
+
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"cannot read benchmark file {path}: {str(err).splitlines()[0]}") from None
+    for key in ("models", "datasets"):
+        if not cfg.get(key):
+            raise ConfigError(f"benchmark file {path} needs a non-empty '{key}' list")
+    return cfg
+
+
+def _jobs(cfg: dict[str, Any]):
+    """Yield one job per (dataset, category or normal class, model, seed, shots)."""
+    for ds in cfg["datasets"]:
+        units = [("category", c) for c in ds.get("categories", [])] + [
+            ("normal_class", c) for c in ds.get("normal_classes", [])
+        ] or [("category", None)]
+        for kind, unit in units:
+            for m in cfg["models"]:
+                for seed in cfg.get("seeds", [0]):
+                    for shots in cfg.get("shots", [None]):
+                        yield ds, kind, unit, m, seed, shots
+
+
+def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path) -> dict[str, Any]:
+    from generalad.data import contaminate, open_dataset, sample_shots
+    from generalad.methods import get_method
+
+    kwargs = {"category": unit} if kind == "category" else {"normal_class": unit}
+    ds = open_dataset(ds_cfg["root"], split=ds_cfg.get("split", "official"), **kwargs)
+    if cfg.get("contaminate"):
+        ds, _ = contaminate(ds, int(cfg["contaminate"]), seed=seed)
+    train = sample_shots(ds.train, shots, seed=seed) if shots else ds.train
+    options = {**m.get("options", {}), **ds_cfg.get("options", {}), "seed": seed}
+    model = get_method(m["name"])(**options)
+    t0 = time.perf_counter()
+    model.fit(train, calibration=ds.validation or None)
+    fit_s = time.perf_counter() - t0
+    label = m.get("label", m["name"])
+    run_dir = out / "runs" / f"{ds_cfg.get('name', ds.name)}_{unit}_{label}_s{seed}" + (f"_k{shots}" if shots else "")
+    eval_size = cfg.get("eval_size", 256)
+    metrics = evaluate(
+        model, ds.test, out_dir=run_dir, has_masks=ds.has_masks,
+        eval_size=None if eval_size == "native" else (int(eval_size),) * 2,
+    )
+    return {
+        "dataset": ds_cfg.get("name", ds.name), "unit": str(unit if unit is not None else ds.category),
+        "model": label, "seed": seed, "shots": shots, "fit_seconds": round(fit_s, 2),
+        **{k: metrics.get(k) for k in (*METRICS, "images_per_second", "peak_rss_mb", "backbone",
+                                       "weights_sha256", "image_size", "precision", "selection", "n_test")},
+    }
+
+
+def _fmt(values: list[float]) -> str:
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return "–"
+    mean = 100 * float(np.mean(vals))
+    return f"{mean:.1f} ± {100 * float(np.std(vals)):.1f}" if len(vals) > 1 else f"{mean:.1f}"
+
+
+def make_tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """Markdown and CSV: one row per dataset/category (+ mean per dataset), columns model × metric."""
+    models = list(dict.fromkeys(r["model"] + (f" ({r['shots']}-shot)" if r["shots"] else "") for r in rows))
+    metrics = [k for k in METRICS if any(r.get(k) is not None for r in rows)]
+    cells: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        col = r["model"] + (f" ({r['shots']}-shot)" if r["shots"] else "")
+        for k in metrics:
+            cells[(r["dataset"], r["unit"])][f"{col} {k}"].append(r.get(k))
+    header = ["dataset", "category"] + [f"{m} {k}" for m in models for k in metrics]
+    body: list[list[str]] = []
+    for dataset in dict.fromkeys(d for d, _ in cells):
+        units = [u for d, u in cells if d == dataset]
+        for u in units:
+            body.append([dataset, u] + [_fmt(cells[(dataset, u)][h]) for h in header[2:]])
+        means = []
+        for h in header[2:]:  # mean over categories of the per-category means (seeds averaged first)
+            per_unit = [np.mean([v for v in cells[(dataset, u)][h] if v is not None] or [np.nan]) for u in units]
+            means.append(_fmt([float(np.nanmean(per_unit))] if not np.all(np.isnan(per_unit)) else []))
+        body.append([dataset, "**mean**"] + means)
+    md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+    md += "".join("| " + " | ".join(row) + " |\n" for row in body)
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header] + [[c.replace("**", "") for c in row] for row in body])
+    return md, buf.getvalue()
+
+
+def run_benchmark(config_file: str | Path, *, out: str | Path | None = None, quiet: bool = False) -> list[dict[str, Any]]:
+    cfg = load_config(config_file)
+    out = Path(out or cfg.get("out", "runs/benchmark"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for job in _jobs(cfg):
+        row = _run_job(*job, cfg, out)
+        rows.append(row)
+        if not quiet:
+            print(json.dumps(row, default=str), flush=True)
+        atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    md, table_csv = make_tables(rows)
+    backbones = sorted({f"{r['backbone']} (sha256 {str(r['weights_sha256'])[:12]})" for r in rows})
+    note = f"\nBackbone(s): {', '.join(backbones)}. Metrics in %, raw scores; selection: " + ", ".join(
+        sorted({str(r["selection"]) for r in rows})) + ".\n"
+    atomic_write_text(out / "table.md", md + note)
+    atomic_write_text(out / "table.csv", table_csv)
+    if not quiet:
+        print(md + note)
+    return rows

@@ -1,0 +1,297 @@
+"""Command-line interface: ``generalad fit | test | predict | speed | benchmark | demo | doctor``.
+
+Every user-caused problem ends in one line on stderr (``generalad: error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from generalad.errors import ConfigError, GeneralADError, InputError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _overrides(args: argparse.Namespace, config_cls) -> dict[str, Any]:
+    """Model options from named flags, a YAML config file and ``--set key=value`` (later wins)."""
+    import dataclasses
+
+    import yaml
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    out: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise InputError(f"cannot read config file {args.config}: {err}".splitlines()[0]) from None
+        out.update(loaded)
+    flag_map = {
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "cache_dir": args.cache_dir,
+        "epochs": args.epochs,
+        "preset": args.preset,
+        "coreset_ratio": args.coreset_ratio,
+    }
+    for key, value in flag_map.items():
+        if value is None:
+            continue
+        if key not in names:
+            raise ConfigError(f"--{key.replace('_', '-')} does not apply to model {args.model!r}")
+        out[key] = value
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _list_images(inputs: list[str]) -> list[str]:
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise InputError(f"no images found in folder {p}")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            raise InputError(f"no such file or folder: {p}")
+    return paths
+
+
+def _open(args: argparse.Namespace, data_info: dict[str, Any] | None = None):
+    from generalad.data import open_dataset
+
+    info = data_info or {}
+    normal = args.normal_class if getattr(args, "normal_class", None) is not None else info.get("normal_class")
+    category = args.category if getattr(args, "category", None) is not None else info.get("category_arg")
+    return open_dataset(args.data, category=category, normal_class=normal, split=args.split or info.get("split", "official"))
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, default=str))
+
+
+# --------------------------------------------------------------------------------------- commands
+def cmd_fit(args: argparse.Namespace) -> int:
+    from generalad.data import contaminate, sample_shots
+    from generalad.methods import get_method
+
+    cls = get_method(args.model)
+    model = cls(**_overrides(args, cls.Config))
+    ds = _open(args)
+    moved = []
+    if args.contaminate:
+        ds, moved = contaminate(ds, args.contaminate, seed=args.seed or 0)
+    train = list(ds.train)
+    excluded = _read_list(args.exclude) if args.exclude else set()
+    if excluded:
+        train = [s for s in train if s.path not in excluded]
+    if args.shots:
+        train = sample_shots(train, args.shots, seed=args.seed or 0, mode=args.shots_mode)
+    model.run_info_ = {
+        "root": str(Path(args.data).resolve()),
+        "dataset": ds.name,
+        "category": ds.category,
+        "category_arg": args.category,
+        "normal_class": args.normal_class,
+        "split": args.split or "official",
+        "shots": args.shots,
+        "shots_mode": args.shots_mode if args.shots else None,
+        "contaminated_with": [s.path for s in moved],
+        "excluded": sorted(excluded),
+    }
+    fit_kwargs = {}
+    if getattr(args, "select_on_test", False):
+        fit_kwargs["select_on_test"] = ds.test
+    model.fit(train, calibration=ds.validation or None, progress=not args.quiet, **fit_kwargs)
+    model.save(args.out)
+    _print_json({"run": str(args.out), **model.describe(), **model.fit_info_, "threshold": model.threshold_})
+    return 0
+
+
+def _read_list(path: str) -> set[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise InputError(f"cannot read exclude list {path}: {err.strerror}") from None
+    return {line.split("\t")[0].strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from generalad.evaluate import evaluate
+    from generalad.methods import load_model
+
+    model = load_model(args.run, weights=args.weights)
+    ds = _open(args, model.run_info_)
+    eval_size = None if args.eval_size == "native" else (int(args.eval_size),) * 2
+    metrics = evaluate(
+        model,
+        ds.test,
+        out_dir=args.out,
+        has_masks=ds.has_masks,
+        eval_size=eval_size,
+        progress=not args.quiet,
+        extra={"dataset": ds.name, "category": ds.category, "data_root": str(Path(args.data).resolve())},
+    )
+    keys = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_ap", "n_test", "images_per_second")
+    _print_json({k: metrics[k] for k in keys if k in metrics} | {"out": str(args.out)})
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from generalad.methods import load_model
+    from generalad.predict import predict_folder
+
+    model = load_model(args.run, weights=args.weights)
+    records = predict_folder(model, _list_images(args.inputs), args.out, save_maps=args.save_maps, progress=not args.quiet)
+    n_anom = sum(r.pred_label for r in records)
+    _print_json({"n_images": len(records), "n_anomalous": n_anom, "threshold": model.threshold_, "out": str(args.out)})
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from generalad.methods import load_model
+    from generalad.speed import measure_speed
+
+    model = load_model(args.run, weights=args.weights)
+    _print_json(measure_speed(model, _list_images([args.images]), batch_size=args.batch_size, repeats=args.repeats))
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from generalad.benchmark import run_benchmark
+
+    run_benchmark(args.config_file, out=args.out, quiet=args.quiet)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from generalad.demo import run_demo
+
+    _print_json(run_demo(args.out, model=args.model, quiet=args.quiet))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from generalad.doctor import report
+
+    _print_json(report())
+    return 0
+
+
+# --------------------------------------------------------------------------------------- parser
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required, help="dataset folder (MVTec/LOCO/VisA/DAGM/class folders/CIFAR/MNIST)")
+    p.add_argument("--category", help="category inside the dataset root (e.g. bottle)")
+    p.add_argument("--normal-class", help="class-folder datasets: normal class name or index")
+    p.add_argument("--split", help="dataset split protocol: official (default) or a parity split")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="generalad", description="Visual anomaly detection across domains.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit a model on normal training images")
+    fit.add_argument("--model", required=True, help="patchcore | generalad | inreach")
+    _add_data_args(fit)
+    fit.add_argument("--backbone", help="backbone name, e.g. efficientnet_lite0, dinov2_vits14")
+    fit.add_argument("--weights", help="local weights file for the backbone")
+    fit.add_argument("--image-size", type=int)
+    fit.add_argument("--epochs", type=int)
+    fit.add_argument("--preset", help="generalad: industrial | logical | semantic | near_distribution")
+    fit.add_argument("--coreset-ratio", type=float)
+    fit.add_argument("--precision", choices=["bf16", "fp32"])
+    fit.add_argument("--batch-size", type=int)
+    fit.add_argument("--cache-dir", help="frozen-feature cache folder")
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--shots", type=int, help="few-shot: sample N training images (seeded)")
+    fit.add_argument("--shots-mode", default="random", choices=["random", "window"])
+    fit.add_argument("--contaminate", type=int, help="move N anomalous test images into training (leak-free)")
+    fit.add_argument("--exclude", help="file listing training image paths to leave out (e.g. from 'clean')")
+    fit.add_argument("--select-on-test", action="store_true", help="PAPER PARITY ONLY: pick the epoch by test AUROC")
+    fit.add_argument("--config", help="YAML file of model options")
+    fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="any model option, e.g. --set map_sigma=8")
+    fit.add_argument("--out", required=True, help="run directory to write (config.json + model.safetensors)")
+    fit.set_defaults(func=cmd_fit)
+
+    test = sub.add_parser("test", help="evaluate a fitted model on a dataset's test split")
+    test.add_argument("--run", required=True)
+    _add_data_args(test)
+    test.add_argument("--weights", help="backbone weights file (if not at the recorded path)")
+    test.add_argument("--eval-size", default="256", help="evaluation resolution for pixel metrics, or 'native'")
+    test.add_argument("--out", required=True)
+    test.set_defaults(func=cmd_test)
+
+    pred = sub.add_parser("predict", help="score images and write heat-map overlays")
+    pred.add_argument("--run", required=True)
+    pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    pred.add_argument("--weights")
+    pred.add_argument("--save-maps", action="store_true", help="also write raw float32 maps (.npy)")
+    pred.add_argument("--out", required=True)
+    pred.set_defaults(func=cmd_predict)
+
+    speed = sub.add_parser("speed", help="throughput of the full predict path vs the bare backbone")
+    speed.add_argument("--run", required=True)
+    speed.add_argument("--images", required=True)
+    speed.add_argument("--batch-size", type=int, default=16)
+    speed.add_argument("--repeats", type=int, default=1)
+    speed.add_argument("--weights")
+    speed.set_defaults(func=cmd_speed)
+
+    bench = sub.add_parser("benchmark", help="models x datasets x categories from a YAML file -> tables")
+    bench.add_argument("config_file", metavar="CONFIG.yaml")
+    bench.add_argument("--out", help="output folder (default: from the YAML file)")
+    bench.set_defaults(func=cmd_benchmark)
+
+    demo = sub.add_parser("demo", help="offline end-to-end run on generated data with bundled weights")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--model", default="all", help="patchcore | generalad | all")
+    demo.set_defaults(func=cmd_demo)
+
+    doctor = sub.add_parser("doctor", help="check the environment and which weights are available")
+    doctor.set_defaults(func=cmd_doctor)
+
+    for p in (fit, test, pred, speed, bench, demo):
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GeneralADError as err:
+        print(f"generalad: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("generalad: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

