@@ -43,7 +43,8 @@ class ThresholdRule:
 
     def __post_init__(self) -> None:
         if self.kind not in RULE_KINDS:
-            raise ConfigError(f"threshold rule: unknown kind {self.kind!r} (choose from {', '.join(RULE_KINDS)})")
+            choices = ", ".join(RULE_KINDS)
+            raise ConfigError(f"threshold rule: unknown kind {self.kind!r} (choose from {choices})")
         if not 0.0 < self.q <= 1.0:
             raise ConfigError(f"threshold rule: q must be in (0, 1], got {self.q}")
         if not (math.isfinite(self.k) and self.k >= 0.0):
@@ -87,7 +88,10 @@ def _as_scores(scores: Any, what: str) -> np.ndarray:
 
 def _to_numpy(x: Any) -> Any:
     if hasattr(x, "detach"):  # torch tensor without importing torch here
-        return x.detach().float().cpu().numpy()
+        t = x.detach().cpu()
+        if str(t.dtype) in ("torch.bfloat16", "torch.float16"):  # numpy has no bfloat16
+            t = t.float()
+        return t.numpy()
     return x
 
 
@@ -139,6 +143,9 @@ class PixelCalibration:
     n_sampled: int  # values the quantile was computed on (bounded subsample)
     stats: dict[str, float] = field(default_factory=dict)
 
+    def __float__(self) -> float:  # ``float(calibrate_pixels(...))`` gives the threshold
+        return self.threshold
+
     def display_range(self) -> tuple[float, float]:
         """Fixed colour scale for heat maps: [min, 2·thr − min], so the pixel threshold sits mid-scale."""
         lo = min(self.stats.get("min", self.threshold), self.threshold)
@@ -167,7 +174,9 @@ def _split_inputs(maps_or_maxima: Any) -> tuple[list[np.ndarray], bool]:
     """Returns (arrays, is_maxima). A 1-D array or a sequence of scalars means per-image maxima."""
     x = _to_numpy(maps_or_maxima)
     if isinstance(x, np.ndarray):
-        return ([x.ravel()], True) if x.ndim <= 1 else ([x], False)
+        if x.ndim <= 1:
+            return [x.ravel()], True
+        return ([x] if x.ndim == 2 else list(x)), False  # (N, H, W): N views, no copy
     items = [np.asarray(_to_numpy(m)) for m in x]
     if items and all(m.ndim == 0 for m in items):
         return [np.array([float(m) for m in items])], True
@@ -198,10 +207,10 @@ def calibrate_pixels(
     rng = np.random.default_rng(seed)
     parts = []
     for a, size in zip(arrays, sizes):
-        flat = np.asarray(a, dtype=np.float32).ravel()
+        flat = np.asarray(a).ravel()
         if total > max_samples:  # proportional share, at least one value from every map
             k = max(1, int(round(max_samples * size / total)))
-            flat = flat[rng.integers(0, size, k)]
+            flat = flat[rng.integers(0, size, k)]  # index before converting: no full-size copy
         parts.append(flat.astype(np.float64))
     sample = np.concatenate(parts)
     sample = _as_scores(sample, "pixel threshold")
@@ -252,8 +261,8 @@ class Calibration:
         """DISPLAY ONLY: map raw scores to [0, 1] with the threshold at exactly 0.5.
 
         Linear in the raw score on [lo, 2·thr − lo] with lo = min(calibration min, threshold), clipped to
-        [0, 1] — hence monotone (non-decreasing). Scores above the threshold land above 0.5 (up to rounding), but
-        clipping loses information: never compute metrics or decisions from these values.
+        [0, 1] — hence monotone (non-decreasing). Scores above the threshold land above 0.5 (up to
+        rounding), but clipping loses information: never compute metrics or decisions from these values.
         """
         lo, hi = self.display_range()  # symmetric around the threshold, so it lands on 0.5
         s = np.asarray(_to_numpy(scores), dtype=np.float64)

@@ -265,7 +265,8 @@ def atomic_save_safetensors(
     meta = dict(metadata or {})
     for k, v in meta.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"safetensors metadata must be dict[str, str]; bad entry {k!r}: {type(v).__name__}")
+            bad = f"{k!r}: {type(v).__name__}"
+            raise TypeError(f"safetensors metadata must be dict[str, str]; bad entry {bad}")
     final = Path(path)
     fd, tmp = _temp_file(final)
     os.close(fd)

@@ -6,11 +6,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from generalad.data import Sample, read_image
 from generalad.methods.base import AnomalyModel
-from generalad.report import Prediction, regions_from_map, render_overlay, save_png, write_predictions
+from generalad.report import Prediction, regions_from_map, render_overlay, save_map_npy, save_png, write_predictions
 
 
 def _output_name(index: int, path: str) -> str:
@@ -28,7 +26,7 @@ def predict_samples(
         (out / "images").mkdir(parents=True, exist_ok=True)
     desc = model.describe()
     thr, pix_thr = model.threshold_, model.pixel_threshold_
-    display = model.display_ or {}
+    vmin, vmax = model.pixel_calibration_.display_range()  # fixed scale for the whole run (field.md §5)
     records: list[Prediction] = []
     t_prev = time.perf_counter()
     for chunk, scores, maps in model.infer_batches(samples, use_cache=False, progress=progress):
@@ -48,14 +46,11 @@ def predict_samples(
             if out is not None:
                 stem = _output_name(idx, sample.path)
                 if save_maps:
-                    rec.map_path = str(out / "images" / f"{stem}_map.npy")
-                    np.save(rec.map_path, amap.astype(np.float32))
+                    rec.map_path = str(save_map_npy(out / "images" / f"{stem}_map.npy", amap))
                 if overlays:
                     image = read_image(sample)
-                    caption = f"score {score:.3f}  thr {thr:.3f}  {'ANOMALOUS' if score > thr else 'normal'}"
-                    png = render_overlay(image, amap, vmin=display.get("vmin", float(amap.min())),
-                                         vmax=display.get("vmax", float(amap.max())), threshold=thr,
-                                         pixel_threshold=pix_thr, caption=caption)
+                    png = render_overlay(image, amap, vmin=vmin, vmax=vmax, threshold=thr, score=float(score),
+                                         pixel_threshold=pix_thr, caption=Path(sample.path).name)
                     save_png(out / "images" / f"{stem}_overlay.png", png)
             records.append(rec)
         t_prev = time.perf_counter()

@@ -27,7 +27,7 @@ from generalad.io import JsonlWriter, PathLike, atomic_open, atomic_write_bytes,
 
 @dataclass
 class Prediction:
-    """One image's result. Field names follow anomalib where they overlap (pred_score, pred_label, gt_label)."""
+    """One image's result; names follow anomalib where they overlap (pred_score, pred_label, gt_label)."""
 
     path: str
     pred_score: float  # raw score: every metric and decision uses this
@@ -44,11 +44,17 @@ class Prediction:
     weights_sha256: str = ""
     image_size: list[int] | None = None  # [H, W] of the original image
     latency_ms: float | None = None
-    pred_label: int = field(init=False)
+    pred_label: int | None = None  # derived as int(pred_score > threshold) when not given
 
     def __post_init__(self) -> None:
-        # Derived, never passed in: the decision rule must be the same everywhere (score > threshold).
-        self.pred_label = int(self.pred_score > self.threshold)
+        # One decision rule everywhere (score > threshold): a caller's label may not contradict it.
+        derived = int(self.pred_score > self.threshold)
+        if self.pred_label is not None and int(self.pred_label) != derived:
+            raise ValueError(
+                f"Prediction({self.path}): pred_label={self.pred_label} contradicts "
+                f"pred_score={self.pred_score} > threshold={self.threshold}"
+            )
+        self.pred_label = derived
 
     @property
     def is_anomalous(self) -> bool:
@@ -57,15 +63,19 @@ class Prediction:
     def to_record(self) -> dict[str, Any]:
         """JSON-ready dict in :data:`COLUMNS` order, with the CLI aliases label/score/is_anomalous."""
         rec = {name: getattr(self, name) for name in _FIELD_ORDER}
-        rec["label"] = self.pred_label  # predicted label (ground truth is gt_label)
+        rec["label"] = self.gt_label  # CLI contract: the dataset's label (0 normal / 1 anomalous), None if unknown
         rec["score"] = self.pred_score
         rec["is_anomalous"] = self.is_anomalous
         return to_jsonable(rec)
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Prediction:
-        init = {f.name for f in fields(cls) if f.init}
-        return cls(**{k: v for k, v in rec.items() if k in init})
+        """Inverse of :meth:`to_record` (aliases dropped; pred_label re-derived, null score → NaN)."""
+        names = {f.name for f in fields(cls)} - {"pred_label"}
+        kw = {k: v for k, v in rec.items() if k in names}
+        if kw.get("pred_score") is None:
+            kw["pred_score"] = math.nan
+        return cls(**kw)
 
 
 _FIELD_ORDER = (
@@ -76,6 +86,7 @@ COLUMNS: tuple[str, ...] = _FIELD_ORDER + ("label", "score", "is_anomalous")
 _INT_COLS = {"gt_label", "pred_label", "label"}
 _FLOAT_COLS = {"pred_score", "threshold", "score_normalised", "score", "latency_ms"}
 _JSON_COLS = {"regions", "image_size"}
+_STR_COLS = {"path", "category", "split", "model", "backbone", "weights_sha256"}
 
 
 def _record(r: Prediction | Mapping[str, Any]) -> dict[str, Any]:
@@ -92,7 +103,9 @@ def _csv_cell(name: str, value: Any) -> str:
     return str(value)  # str(float) is repr: round-trips exactly
 
 
-def write_predictions(records: Iterable[Prediction | Mapping[str, Any]], out_dir: PathLike) -> tuple[Path, Path]:
+def write_predictions(
+    records: Iterable[Prediction | Mapping[str, Any]], out_dir: PathLike
+) -> tuple[Path, Path]:
     """Write ``out_dir/predictions.jsonl`` and ``predictions.csv`` (same columns) atomically.
 
     Streams: ``records`` may be a generator. Both files appear only after the last record is written.
@@ -111,8 +124,8 @@ def write_predictions(records: Iterable[Prediction | Mapping[str, Any]], out_dir
 
 
 def _parse_cell(name: str, text: str) -> Any:
-    if text == "":
-        return None if name != "regions" else []
+    if text == "":  # plain string columns keep "", typed and path columns were null, regions empty
+        return "" if name in _STR_COLS else ([] if name == "regions" else None)
     if name in _JSON_COLS:
         return json.loads(text)
     if name in _INT_COLS:
@@ -159,7 +172,11 @@ def regions_from_map(
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     maxima = ndimage.maximum(a, labels, index)
     regions = [
-        {"bbox": [sl[1].start, sl[0].start, sl[1].stop, sl[0].stop], "area_px": int(area), "max_score": float(mx)}
+        {
+            "bbox": [sl[1].start, sl[0].start, sl[1].stop, sl[0].stop],
+            "area_px": int(area),
+            "max_score": float(mx),
+        }
         for sl, area, mx in zip(ndimage.find_objects(labels), areas, maxima)
         if area >= min_area
     ]
@@ -240,9 +257,9 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> st
     """Shorten ``text`` with an ellipsis until it fits ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
-    while len(text) > 1 and draw.textlength(text + "…", font=font) > width:
+    while len(text) > 1 and draw.textlength(text + "...", font=font) > width:
         text = text[:-1]
-    return text + "…"
+    return text + "..."
 
 
 def _caption_strip(
@@ -254,7 +271,8 @@ def _caption_strip(
     strip = Image.new("RGB", (width, 2 * pad + line_h * len(lines)), (24, 24, 24))
     draw = ImageDraw.Draw(strip)
     for i, (text, colour) in enumerate(lines):
-        draw.text((pad, pad + i * line_h), _fit_text(draw, text, font, width - 2 * pad), fill=colour, font=font)
+        text = _fit_text(draw, text, font, width - 2 * pad)
+        draw.text((pad, pad + i * line_h), text, fill=colour, font=font)
     return np.asarray(strip)
 
 
@@ -300,7 +318,7 @@ def render_overlay(
     if gt_mask is not None:
         gt = np.asarray(gt_mask, dtype=bool)
         if gt.shape != (h, w):
-            raise InputError(f"overlay: ground-truth mask shape {gt.shape} does not match image size {(h, w)}")
+            raise InputError(f"overlay: ground-truth mask shape {gt.shape} does not match image {(h, w)}")
         out[_contour(gt, thickness)] = GT_CONTOUR_RGB
     lines = [(c, (230, 230, 230)) for c in caption.splitlines() if c.strip()]
     lines.append(_status_line(score, threshold))
@@ -334,7 +352,6 @@ def render_panel(
     bg = (24, 24, 24)
     padded = [np.pad(p, ((0, height - p.shape[0]), (0, gap), (0, 0)), constant_values=bg[0]) for p in panels]
     body = np.concatenate(padded, axis=1)[:, :-gap] if gap else np.concatenate(padded, axis=1)
-    titles = Image.new("RGB", (body.shape[1], 1), bg)
     font_size = max(10, min(28, hw[1] // 30))
     title_h = int(font_size * 1.6)
     titles = Image.new("RGB", (body.shape[1], title_h), bg)

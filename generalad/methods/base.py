@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from generalad import __version__
-from generalad.calibration import Calibration, ThresholdRule, calibrate, calibrate_pixels
+from generalad.calibration import Calibration, PixelCalibration, ThresholdRule, calibrate, calibrate_pixels
 from generalad.data import Sample, image_hw, split_holdout
 from generalad.errors import ConfigError, InputError
 from generalad.io import AtomicDir, atomic_save_safetensors, atomic_write_json, load_safetensors
@@ -92,11 +92,10 @@ class AnomalyModel:
         self.infer_chunk = 64  # images per inference chunk: features of one chunk live in memory at once
         self.backbone_: torch.nn.Module | None = None
         self.calibration_: Calibration | None = None
-        self.pixel_threshold_: float | None = None
+        self.pixel_calibration_: PixelCalibration | None = None
         self.fit_info_: dict[str, Any] = {}
         self.method_stats_: dict[str, Any] = {}  # methods add what they learned (bank size, epochs, ...)
         self.run_info_: dict[str, Any] = {}  # where the training data came from (root, class, shots, ...)
-        self.display_: dict[str, float] = {}  # fixed heat-map colour scale from calibration maps
         self.train_files_: list[str] = []
 
     # ----------------------------------------------------------------- backbone and features
@@ -176,8 +175,7 @@ class AnomalyModel:
         scores, maps = self._score_with_maps(held)
         self.calibration_ = calibrate(scores, self.config.threshold)
         self.calibration_.source = source
-        self.pixel_threshold_ = float(calibrate_pixels(maps, q=self.config.pixel_quantile, seed=self.config.seed))
-        self.display_ = display_scale(maps, self.pixel_threshold_)
+        self.pixel_calibration_ = calibrate_pixels(maps, q=self.config.pixel_quantile, seed=self.config.seed)
         self.train_files_ = [s.path for s in train]
         self.fit_info_ = {
             "n_train": len(train),
@@ -232,6 +230,10 @@ class AnomalyModel:
         return np.asarray(scores) > self.calibration_.threshold
 
     @property
+    def pixel_threshold_(self) -> float | None:
+        return None if self.pixel_calibration_ is None else float(self.pixel_calibration_.threshold)
+
+    @property
     def threshold_(self) -> float:
         self._check_fitted()
         return float(self.calibration_.threshold)
@@ -265,11 +267,10 @@ class AnomalyModel:
             **self.describe(),
             "config": self.config.to_dict(),
             "calibration": self.calibration_.to_dict(),
-            "pixel_threshold": self.pixel_threshold_,
+            "pixel_calibration": self.pixel_calibration_.to_dict(),
             "fit": self.fit_info_,
             "train_files": self.train_files_,
             "data": self.run_info_,
-            "display": self.display_,
             **self._extra_meta(),
         }
         with AtomicDir(directory) as tmp:
@@ -290,24 +291,13 @@ class AnomalyModel:
             config["weights"] = weights
         model = cls(cls.Config.from_dict(config))
         model.calibration_ = Calibration.from_dict(meta["calibration"])
-        model.pixel_threshold_ = meta.get("pixel_threshold")
+        model.pixel_calibration_ = PixelCalibration.from_dict(meta["pixel_calibration"])
         model.fit_info_ = meta.get("fit", {})
         model.train_files_ = meta.get("train_files", [])
         model.run_info_ = meta.get("data", {})
-        model.display_ = meta.get("display", {})
         model._load_extra_meta(meta)
         model._load_state(tensors)
         return model
-
-
-def display_scale(maps: torch.Tensor, pixel_threshold: float) -> dict[str, float]:
-    """Heat-map colour range shared by every image of a run: the calibration median is the bottom of the
-    scale and the pixel threshold sits in its middle (never per-image min-max, field.md §5)."""
-    flat = maps.flatten()
-    step = max(1, flat.numel() // 1_000_000)
-    vmin = float(np.median(flat[::step].numpy()))
-    vmax = pixel_threshold + max(pixel_threshold - vmin, 1e-6)
-    return {"vmin": vmin, "vmax": vmax}
 
 
 def read_model_meta(directory: str | Path) -> dict[str, Any]:

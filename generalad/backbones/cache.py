@@ -1,0 +1,245 @@
+"""Batched feature extraction with an on-disk cache (generalad.md §2 "Caching").
+
+A frozen backbone without augmentation gives the same features for the same image every time, so each
+image's features are stored once, fp16, in ``<cache_dir>/<key[:2]>/<key>.safetensors``. The key hashes
+everything the features depend on: backbone name, weights sha256, layers, input size, precision, whether
+attention was kept, the pre-processing version and the image's content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from generalad.backbones.base import Backbone, FeatureSet, preprocess
+from generalad.errors import ConfigError
+
+CACHE_FORMAT = 1
+PREPROCESS_VERSION = "bicubic-antialias-clamp-v1"  # bump when preprocess() changes its output
+PRECISIONS = ("bf16", "fp32")
+
+
+def _data_api() -> tuple[Callable[[Any], np.ndarray], Callable[[Any], str]]:
+    from generalad.data import content_hash, read_image  # lazy: data and backbones are independent packages
+
+    return read_image, content_hash
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r} (--precision); choose one of: {', '.join(PRECISIONS)}")
+    return precision
+
+
+def _autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _device(backbone: Backbone) -> torch.device:
+    return next(backbone.parameters()).device
+
+
+def feature_key(
+    backbone: Backbone, size: tuple[int, int], precision: str, with_attention: bool, image_hash: str
+) -> str:
+    fields = {
+        "format": CACHE_FORMAT,
+        "preprocess": PREPROCESS_VERSION,
+        "backbone": backbone.name,
+        "weights_sha256": backbone.weights_sha256,
+        "layers": list(backbone.layers),
+        "image_size": list(size),
+        "precision": precision,
+        "attention": bool(with_attention),
+        "image": image_hash,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- cache files
+def _cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / key[:2] / f"{key}.safetensors"
+
+
+def _read_cached(path: Path, n_maps: int, with_attention: bool) -> list[torch.Tensor] | None:
+    """[map_0, …, (attention)] as float32, or None when absent or unreadable (then it is recomputed)."""
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        out = [tensors[f"map.{i}"].float() for i in range(n_maps)]
+        if with_attention:
+            out.append(tensors["attention"].float())
+    except Exception:  # noqa: BLE001 — a truncated or foreign file is a cache miss, not an error
+        return None
+    return out
+
+
+def _write_cached(path: Path, tensors: list[torch.Tensor], with_attention: bool, meta: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    n_maps = len(tensors) - int(with_attention)
+    named = {f"map.{i}": t for i, t in enumerate(tensors[:n_maps])}
+    if with_attention:
+        named["attention"] = tensors[-1]
+    named = {k: v.to(torch.float16).contiguous() for k, v in named.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(named, str(tmp), metadata=meta)
+    os.replace(tmp, path)  # atomic: readers see the old state or the whole new file
+
+
+# ----------------------------------------------------------------------------------------- output assembly
+class _Collector:
+    """Per-image tensors written into preallocated (N, ...) outputs: no second copy at the end."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.out: list[torch.Tensor] | None = None
+
+    def put(self, index: int, tensors: Sequence[torch.Tensor]) -> None:
+        if self.out is None:
+            self.out = [torch.empty((self.n, *t.shape), dtype=torch.float32) for t in tensors]
+        for dst, src in zip(self.out, tensors):
+            dst[index] = src
+
+    def result(self, with_attention: bool) -> FeatureSet:
+        out = self.out or []
+        if with_attention and out:
+            return FeatureSet(maps=out[:-1], attention=out[-1])
+        return FeatureSet(maps=out, attention=None)
+
+
+def _prefetched(batches: Iterable[Any], load: Callable[[Any], Any], num_workers: int) -> Iterator[tuple[Any, Any]]:
+    """(batch, load(batch)) in order; with workers, the next batches are decoded while this one runs."""
+    if num_workers <= 0:
+        for batch in batches:
+            yield batch, load(batch)
+        return
+    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="generalad-decode") as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(load, batch)))
+            if len(pending) > num_workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+# ----------------------------------------------------------------------------------------- public
+def extract_features(
+    backbone: Backbone,
+    samples: Sequence[Any],
+    *,
+    image_size: int | Sequence[int],
+    batch_size: int = 16,
+    precision: str = "bf16",
+    cache_dir: str | os.PathLike[str] | None = None,
+    with_attention: bool = False,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> FeatureSet:
+    """Features of every sample, in order: maps (N, C, h, w) and attention (N, heads, h*w) float32 on the CPU.
+
+    ``cache_dir``: reuse / store per-image features there (fp16; results are then fp16-rounded on the first
+    run too, so a cached rerun returns bit-identical features). ``num_workers``: background decoding threads
+    (0 = decode in this thread).
+    """
+    size = backbone.check_image_size(image_size)
+    _check_precision(precision)
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size} (--batch-size)")
+    if with_attention and backbone.kind != "vit":
+        raise ConfigError(f"CLS attention needs a ViT backbone; {backbone.name} is a {backbone.kind}")
+    read_image, content_hash = _data_api()
+    n_maps = len(backbone.layers)
+    collector = _Collector(len(samples))
+    bar = tqdm(total=len(samples), desc=f"features {backbone.name}", unit="img", disable=None if progress else True)
+
+    # 1. cache hits
+    todo = list(range(len(samples)))
+    paths: list[Path] = []
+    if cache_dir is not None:
+        root = Path(cache_dir).expanduser()
+        paths = [_cache_path(root, feature_key(backbone, size, precision, with_attention, content_hash(s)))
+                 for s in samples]
+        todo = []
+        for i, path in enumerate(paths):
+            cached = _read_cached(path, n_maps, with_attention)
+            if cached is None:
+                todo.append(i)
+            else:
+                collector.put(i, cached)
+        bar.update(len(samples) - len(todo))
+
+    # 2. the rest through the backbone, decoding ahead in the background when asked
+    def load(indices: list[int]) -> torch.Tensor:
+        return preprocess([read_image(samples[i]) for i in indices], size, backbone.mean, backbone.std)
+
+    device = _device(backbone)
+    meta = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256, "precision": precision}
+    batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
+    with torch.inference_mode():
+        for indices, x in _prefetched(batches, load, num_workers):
+            with _autocast(device, precision):
+                feats = backbone(x.to(device), with_attention=with_attention)
+            outs = [m.float().cpu() for m in feats.maps]
+            if with_attention:
+                outs.append(feats.attention.float().cpu())
+            if paths:  # round like the cache stores it, so first and cached runs agree exactly
+                outs = [t.half().float() for t in outs]
+            for j, i in enumerate(indices):
+                per_image = [t[j] for t in outs]
+                collector.put(i, per_image)
+                if paths:
+                    _write_cached(paths[i], per_image, with_attention, meta)
+            bar.update(len(indices))
+    bar.close()
+    return collector.result(with_attention)
+
+
+def backbone_throughput(
+    backbone: Backbone,
+    image_size: int | Sequence[int],
+    batch_size: int = 8,
+    precision: str = "bf16",
+    n_batches: int = 3,
+    *,
+    warmup: int = 1,
+) -> float:
+    """Images per second of the bare forward on random input (no decoding, no resize, no cache)."""
+    h, w = backbone.check_image_size(image_size)
+    _check_precision(precision)
+    device = _device(backbone)
+    x = torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.inference_mode(), _autocast(device, precision):
+        for _ in range(warmup):
+            backbone(x)
+        sync()
+        start = time.perf_counter()
+        for _ in range(n_batches):
+            backbone(x)
+        sync()
+        elapsed = time.perf_counter() - start
+    return batch_size * n_batches / elapsed

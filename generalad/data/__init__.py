@@ -1,0 +1,160 @@
+"""Datasets → sorted lists of ``Sample``; robust image and mask decoding.
+
+``open_dataset`` recognises the common anomaly-detection layouts (field.md §1) and the original CIFAR / MNIST
+downloads, and fails with one-line errors naming the folder when it cannot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from generalad.data._fs import absolute, child, require_dir, subdirs
+from generalad.data.cifar import CIFAR10_DIR, CIFAR100_DIR, read_cifar10, read_cifar100
+from generalad.data.classfolder import NormalClass, read_classfolder
+from generalad.data.dagm import read_dagm
+from generalad.data.idx import find_idx_dir, read_mnist
+from generalad.data.images import content_hash, image_hw, read_image, read_mask
+from generalad.data.loco import loco_defects_config, read_loco
+from generalad.data.mvtec import read_mvtec
+from generalad.data.sample import Dataset, Sample, contaminate, sample_shots, split_holdout
+from generalad.data.visa import SPLIT_CSV, SPLITS, read_visa
+from generalad.errors import ConfigError, GeneralADError, InputError
+
+__all__ = [
+    "Dataset",
+    "Sample",
+    "content_hash",
+    "contaminate",
+    "image_hw",
+    "loco_defects_config",
+    "open_dataset",
+    "read_image",
+    "read_mask",
+    "sample_shots",
+    "split_holdout",
+]
+
+LAYOUTS = ("auto", "mvtec", "loco", "visa", "dagm", "classfolder", "cifar10", "cifar100", "mnist", "fmnist")
+ONE_CLASS_LAYOUTS = ("classfolder", "cifar10", "cifar100", "mnist", "fmnist")
+_DAGM_CLASS = re.compile(r"class\d+", re.IGNORECASE)
+
+
+def _is_dagm_class(folder: Path) -> bool:
+    train, test = child(folder, "Train"), child(folder, "Test")
+    if not (train.is_dir() and test.is_dir()):
+        return False
+    return bool(_DAGM_CLASS.fullmatch(folder.name)) or child(train, "Label").is_dir()
+
+
+def _is_visa_category(folder: Path) -> bool:
+    return child(child(folder, "Data"), "Images").is_dir()
+
+
+def _detect_here(root: Path) -> str | None:
+    """The layout of ``root`` itself, or None."""
+    if (root / "train" / "good").is_dir():
+        return "loco" if (root / "test" / "logical_anomalies").is_dir() else "mvtec"
+    if (root / SPLIT_CSV).is_file() or _is_visa_category(root):
+        return "visa"
+    if _is_dagm_class(root) or any(_is_dagm_class(d) for d in subdirs(root)):
+        return "dagm"
+    if (root / "test_batch").is_file() or (root / CIFAR10_DIR).is_dir():
+        return "cifar10"
+    if ((root / "train").is_file() and (root / "test").is_file()) or (root / CIFAR100_DIR).is_dir():
+        return "cifar100"
+    if find_idx_dir(root) is not None:
+        return "fmnist" if "fashion" in str(root).lower() else "mnist"
+    if (root / "train").is_dir() and len(subdirs(root / "train")) >= 2:
+        return "classfolder"
+    return None
+
+
+def _undetected(root: Path) -> GeneralADError:
+    """The error for a folder whose layout is unknown."""
+    # A folder of categories (e.g. the MVTec AD root): say which category names exist.
+    categories = [d.name for d in subdirs(root) if _detect_here(d) in ("mvtec", "loco", "classfolder")]
+    if categories:
+        return ConfigError(f"{root} holds several categories: pass category= one of {', '.join(categories)}")
+    return InputError(
+        f"cannot detect the dataset layout of {root}: expected train/good, split_csv/1cls.csv, "
+        "ClassN/{Train,Test}, CIFAR or MNIST files, or train/<class> folders"
+    )
+
+
+def _open_dagm(root: Path) -> Dataset:
+    if _is_dagm_class(root):
+        return read_dagm(root)
+    classes = [d.name for d in subdirs(root) if _is_dagm_class(d)]
+    raise ConfigError(f"DAGM root {root} needs a category: choose one of {', '.join(classes)}")
+
+
+def _open_visa(root: Path, category: str | None, split: str) -> Dataset:
+    # A raw category folder (VisA/<cat>/Data/...) reads its split from the VisA root's split_csv/.
+    if _is_visa_category(root) and not (root / SPLIT_CSV).is_file():
+        return read_visa(root.parent, root.name, split=split)
+    return read_visa(root, category, split=split)
+
+
+def _check_options(layout: str, split: str, kw: dict[str, Any]) -> None:
+    if kw:
+        raise ConfigError(f"unknown open_dataset option(s): {', '.join(sorted(kw))}")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown dataset layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    if split != "official" and layout not in ("auto", "visa"):
+        raise ConfigError(f"split {split!r} is only defined for VisA; use split='official' for {layout}")
+
+
+def _reader(layout: str, category: str | None, split: str, normal_class: Any) -> Callable[[Path], Dataset]:
+    readers: dict[str, Callable[[Path], Dataset]] = {
+        "mvtec": read_mvtec,
+        "loco": read_loco,
+        "visa": lambda r: _open_visa(r, category, split),
+        "dagm": _open_dagm,
+        "classfolder": lambda r: read_classfolder(r, normal_class),
+        "cifar10": lambda r: read_cifar10(r, normal_class),
+        "cifar100": lambda r: read_cifar100(r, normal_class),
+        "mnist": lambda r: read_mnist(r, normal_class, name="mnist"),
+        "fmnist": lambda r: read_mnist(r, normal_class, name="fmnist"),
+    }
+    return readers[layout]
+
+
+def open_dataset(
+    root: str | Path,
+    *,
+    layout: str = "auto",
+    category: str | None = None,
+    normal_class: NormalClass | None = None,
+    split: str = "official",
+    **kw: Any,
+) -> Dataset:
+    """Open a dataset folder; ``layout="auto"`` detects the layout (see module docstring of each reader).
+
+    ``category`` picks a sub-folder (MVTec/LOCO/VisA/DAGM category); ``normal_class`` (name, index or list)
+    picks the normal class(es) of class-labelled data; ``split`` is "official" or, for VisA,
+    "upstream_80_20" (GeneralAD parity).
+    """
+    _check_options(layout, split, kw)
+    root = require_dir(absolute(root))
+    descended = bool(category) and (root / str(category)).is_dir()
+    if descended:
+        root = root / str(category)
+    if not any(not p.name.startswith(".") for p in root.iterdir()):
+        raise InputError(f"folder is empty: {root}")
+    chosen = _detect_here(root) if layout == "auto" else layout
+    if chosen is None:
+        if category and not descended:
+            raise InputError(f"category folder not found: {root / category}")
+        raise _undetected(root)
+    if split != "official" and chosen != "visa":
+        raise ConfigError(f"split {split!r} is only defined for VisA; {root} is {chosen}")
+    if normal_class is not None and chosen not in ONE_CLASS_LAYOUTS:
+        raise ConfigError(f"normal_class applies to class-labelled datasets only; {root} is {chosen}")
+    if category and not descended and chosen != "visa" and root.name != category:
+        raise InputError(f"category folder not found: {root / category}")
+    return _reader(chosen, category, split, normal_class)(root)

@@ -1,0 +1,20 @@
+"""Image and pixel metrics on raw scores (higher = more anomalous): AUROC, AP, F1-max, AUPRO, sPRO.
+
+Definitions follow field.md §3; thresholds follow field.md §4 (decision: ``score > threshold``).
+Undefined metrics (one class only) are NaN, never an exception.
+"""
+
+from generalad.metrics.aupro import aupro
+from generalad.metrics.image import average_precision, f1_max, image_auroc, image_metrics, threshold_metrics
+from generalad.metrics.pixel import PixelMetrics, resize_for_eval
+
+__all__ = [
+    "image_metrics",
+    "image_auroc",
+    "average_precision",
+    "f1_max",
+    "threshold_metrics",
+    "PixelMetrics",
+    "aupro",
+    "resize_for_eval",
+]
