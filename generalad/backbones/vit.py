@@ -47,7 +47,7 @@ _LAYOUT_HINT = "a .pth/.safetensors file (official DINOv2, timm or Hugging Face 
 # ----------------------------------------------------------------------------------------- key conversion
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     """"hf", "dinov2" (official) or "timm"."""
-    if any(k.startswith(("embeddings.", "encoder.layer.")) for k in sd):
+    if any(k.removeprefix("dinov2.").startswith(("embeddings.", "encoder.layer.")) for k in sd):
         return "hf"
     if "mask_token" in sd or "register_tokens" in sd:
         return "dinov2"
@@ -207,7 +207,7 @@ class ViTBackbone(Backbone):
         h, w = as_hw(size)
         p = self.patch_size
         if h % p or w % p:
-            near = max(p, round(h / p) * p)
+            near = "x".join(str(max(p, round(v / p) * p)) for v in (h, w))
             raise ConfigError(
                 f"image size {h}x{w} is not a multiple of {self.name}'s patch size {p}: "
                 f"pass --image-size as a multiple of {p} (e.g. {near})"

@@ -26,8 +26,8 @@ from generalad.errors import ConfigError, GeneralADError, InputError
 __all__ = [
     "Dataset",
     "Sample",
-    "content_hash",
     "contaminate",
+    "content_hash",
     "image_hw",
     "loco_defects_config",
     "open_dataset",

@@ -7,6 +7,7 @@ generalad.md §10). Each file is a pickled dict holding a (N, 3072) uint8 array,
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.split(".")[0] == "numpy" and name in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[name]
+        if (module, name) == ("_codecs", "encode"):  # how python 3 writes bytes at protocol 2 (re-pickled copies)
+            return codecs.encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
@@ -100,7 +103,8 @@ def _images_and_labels(path: Path, label_key: str, n_classes: int) -> tuple[np.n
 def _class_names(meta_path: Path, key: str, default: tuple[str, ...]) -> list[str]:
     if not meta_path.is_file():
         return list(default)
-    names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in _field(load_pickle(meta_path), key, meta_path)]
+    raw_names = _field(load_pickle(meta_path), key, meta_path)
+    names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw_names]
     if len(names) != len(default):
         raise InputError(f"CIFAR meta file {meta_path} lists {len(names)} classes, expected {len(default)}")
     return names

@@ -79,7 +79,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _split(folder: Path, split: str, n_classes: int) -> tuple[Path, np.ndarray, np.ndarray]:
     found = [find_idx_file(folder, base) for base in FILES[split]]
-    for base, path in zip(FILES[split], found):
+    for base, path in zip(FILES[split], found, strict=True):
         if path is None:
             raise InputError(f"idx file not found: {folder / base}[.gz]")
     images_path, labels_path = found  # type: ignore[misc]

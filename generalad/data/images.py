@@ -93,7 +93,7 @@ def _pil_to_rgb(im: Image.Image, where: str) -> np.ndarray:
     if mode in ("1", "L", "LA", "La"):
         grey = np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0)
         return _grey_to_rgb(grey)
-    # RGBA / PA / LA: the alpha channel is DROPPED, not composited on black. This matches
+    # RGBA / PA: the alpha channel is DROPPED (as for LA above), not composited on black. This matches
     # PIL's convert("RGB"), OpenCV's IMREAD_COLOR and anomalib, so scores agree with peers.
     # P (palette) maps through its palette; CMYK and YCbCr go through Pillow's converters.
     try:
@@ -122,7 +122,7 @@ def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
         raise InputError(f"cannot read image {where}: unsupported array dtype {arr.dtype}")
     if out.ndim == 2:
         return _grey_to_rgb(out)
-    return np.ascontiguousarray(np.broadcast_to(out, out.shape[:2] + (3,)))
+    return np.ascontiguousarray(np.broadcast_to(out, (*out.shape[:2], 3)))
 
 
 def read_image(source: ImageSource) -> np.ndarray:

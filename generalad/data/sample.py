@@ -63,7 +63,7 @@ def split_holdout(
     if min_count < 0:
         raise ConfigError(f"holdout min_count must be >= 0, got {min_count}")
     ordered = sort_samples(samples)
-    n_hold = max(min_count, int(round(fraction * len(ordered))))
+    n_hold = max(min_count, round(fraction * len(ordered)))
     if n_hold == 0 or n_hold >= len(ordered):
         return ordered, []
     chosen = set(np.random.default_rng(seed).choice(len(ordered), size=n_hold, replace=False).tolist())

@@ -109,11 +109,11 @@ def read_visa(root: str | Path, category: str | None, *, split: str = "official"
     root = require_dir(absolute(root))
     if split not in SPLITS:
         raise ConfigError(f"unknown VisA split {split!r}: choose one of {', '.join(SPLITS)}")
-    converted = root / category if category else root
-    if (converted / "train" / "good").is_dir():
-        if split != "official":
-            raise ConfigError(f"split {split!r} needs the raw VisA layout, not the converted tree {converted}")
-        return read_mvtec(converted, name="visa")
+    for converted in (root, root / category) if category else (root,):
+        if (converted / "train" / "good").is_dir():
+            if split != "official":
+                raise ConfigError(f"split {split!r} needs the raw VisA layout, not the converted tree {converted}")
+            return read_mvtec(converted, name="visa")
     if not category:
         choices = ", ".join(visa_categories(root)) or "(none found)"
         raise ConfigError(f"VisA at {root} needs a category: choose one of {choices}")

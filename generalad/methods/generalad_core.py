@@ -245,7 +245,10 @@ def distortion_loss(
     chunks = logits.float().split(clean.shape[0], dim=0)
     noise_logits = chunks[1] if config.noise_all else None
     partial_logits = chunks[2:] if config.noise_all else chunks[1:]
-    return generalad_loss(chunks[0], noise_logits, list(zip(partial_logits, labels)), return_terms=True)
+    total, terms = generalad_loss(chunks[0], noise_logits, list(zip(partial_logits, labels)), return_terms=True)
+    # Name the partial terms after their distortion for the history ("partial0" → "random", ...).
+    terms = {config.distortions[int(k[7:])] if k.startswith("partial") else k: v for k, v in terms.items()}
+    return total, terms
 
 
 def _batches(order: torch.Tensor, batch: int, drop_last: bool) -> Iterator[torch.Tensor]:

@@ -303,7 +303,7 @@ class _Accumulator:
             before = csum[k - 1] if k > 0 else self.area_acc
             # x[k] >= lim > xp[k] (xp[k] is the previous point's FPR), so the division is safe
             y_lim = yp[k] + (y[k] - yp[k]) * (lim - xp[k]) / (x[k] - xp[k])
-            self.area[lim] = (before + (lim - xp[k]) * (yp[k] + y_lim) * 0.5) / lim
+            self.area[lim] = float((before + (lim - xp[k]) * (yp[k] + y_lim) * 0.5) / lim)
         self.area_acc = float(csum[-1])
 
     def _bounds(self, dn, dp, dw, F, T, Fp, Tp) -> None:

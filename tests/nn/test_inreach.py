@@ -137,6 +137,7 @@ def test_association_matches_bruteforce_reference():
     assert torch.allclose(a.dist2[finite].double(), dist[finite], rtol=1e-4, atol=1e-4)
     assert torch.isinf(a.dist2[int(order[0])]).all()  # image order[0] is never a member
     assert 0 < mutual.float().mean() < 1
+    assert ((~mutual) & (a.n_mutual > 0)).any()  # "mutual only with a worse seed" occurs and is not used
 
 
 def test_block_size_does_not_change_the_result():
@@ -162,8 +163,9 @@ def test_channel_members_are_the_permuted_seed_patches_at_their_own_location():
     s, q = ch.keys[c, 0], ch.keys[c, 1]
     assert torch.equal(perms[j, p], perms[s, q])  # same underlying base patch
     assert ((X[j, p] - X[s, q]).norm(dim=1) < 0.1).all()
-    # the swapped reading (member's vector at the seed's position) is wrong for permuted images
-    assert not torch.equal(perms[j, q], perms[s, p])
+    # the upstream swapped reading (seed vector at the member's position and vice versa) pairs
+    # unrelated patches on permuted images
+    assert (perms[j, q] == perms[s, p]).float().mean() < 0.2
     # every non-order[0] patch joined exactly one channel, stored at its own (j, p)
     assert member.sum() == 36 * 9
     assert torch.equal(ch.member_channel[j, p], c)

@@ -1,0 +1,183 @@
+"""Tiny but faithful synthetic copies of the dataset layouts the readers accept (written into tmp_path)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_image(path: Path, array: np.ndarray, **save_kw: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **save_kw)
+    return path
+
+
+def grey(h: int = 8, w: int = 10, value: int = 100) -> np.ndarray:
+    return np.full((h, w), value, dtype=np.uint8)
+
+
+def mask(h: int = 8, w: int = 10, value: int = 255) -> np.ndarray:
+    out = np.zeros((h, w), dtype=np.uint8)
+    out[2:4, 3:6] = value
+    return out
+
+
+def make_mvtec(root: Path, *, with_gt: bool = True, image_ext: str = ".png") -> Path:
+    """<root>/train/good x3, test/good x2, test/crack x2 (+ ground_truth/crack/<stem>_mask.png)."""
+    for i in range(3):
+        write_image(root / "train" / "good" / f"{i:03d}{image_ext}", grey())
+    for i in range(2):
+        write_image(root / "test" / "good" / f"{i:03d}{image_ext}", grey())
+        write_image(root / "test" / "crack" / f"{i:03d}{image_ext}", grey(value=200))
+        if with_gt:
+            write_image(root / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask())
+    return root
+
+
+def make_loco(root: Path) -> Path:
+    """One LOCO category: 3 train, 2 validation, test 2 good + 2 logical + 2 structural, several masks."""
+    for i in range(3):
+        write_image(root / "train" / "good" / f"{i:03d}.png", grey(6, 9))
+    for i in range(2):
+        write_image(root / "validation" / "good" / f"{i:03d}.png", grey(6, 9))
+        write_image(root / "test" / "good" / f"{i:03d}.png", grey(6, 9))
+        for kind, n_masks in (("logical_anomalies", 2), ("structural_anomalies", 1)):
+            write_image(root / "test" / kind / f"{i:03d}.png", grey(6, 9, 50))
+            for m in range(n_masks):
+                gt = np.zeros((6, 9), dtype=np.uint8)
+                gt[m, m] = 255 if m == 0 else 239  # LOCO gives each defect its own pixel value
+                write_image(root / "ground_truth" / kind / f"{i:03d}" / f"{m:03d}.png", gt)
+    config = [
+        {"defect_name": "missing_box", "pixel_value": 255, "saturation_threshold": 1.0, "relative_saturation": True},
+        {"defect_name": "extra_item", "pixel_value": 239, "saturation_threshold": 200, "relative_saturation": False},
+    ]
+    (root / "defects_config.json").write_text(json.dumps(config))
+    return root
+
+
+def make_visa_raw(root: Path, n_normal: int = 10, n_anomaly: int = 3) -> Path:
+    """VisA download: candle with Normal/Anomaly JPGs, integer-label masks, split_csv/1cls.csv (+ pcb1)."""
+    rows = ["object,split,label,image,mask"]
+    for cat in ("candle", "pcb1"):
+        data = root / cat / "Data"
+        count = n_normal if cat == "candle" else 2
+        for i in range(count):
+            write_image(data / "Images" / "Normal" / f"{i:04d}.JPG", np.full((8, 10, 3), 90, np.uint8))
+        for i in range(n_anomaly if cat == "candle" else 1):
+            write_image(data / "Images" / "Anomaly" / f"{i:03d}.JPG", np.full((8, 10, 3), 150, np.uint8))
+            write_image(data / "Masks" / "Anomaly" / f"{i:03d}.png", mask(value=i + 1))  # labels 1, 2, …
+        # official split: unsorted rows, train = all but the last 3 normals (differs from the 80 % rule)
+        for i in reversed(range(count)):
+            split = "train" if i < count - 3 else "test"
+            rows.append(f"{cat},{split},normal,{cat}/Data/Images/Normal/{i:04d}.JPG,")
+        for i in range(n_anomaly if cat == "candle" else 1):
+            rows.append(f"{cat},test,anomaly,{cat}/Data/Images/Anomaly/{i:03d}.JPG,{cat}/Data/Masks/Anomaly/{i:03d}.png")
+    (root / "split_csv").mkdir(parents=True)
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_visa_converted(root: Path) -> Path:
+    """anomalib's converted VisA tree: train/good, test/{good,bad}, ground_truth/bad/<stem>.png."""
+    for i in range(3):
+        write_image(root / "train" / "good" / f"{i:04d}.JPG", np.full((8, 10, 3), 90, np.uint8))
+    write_image(root / "test" / "good" / "0003.JPG", np.full((8, 10, 3), 90, np.uint8))
+    write_image(root / "test" / "bad" / "000.JPG", np.full((8, 10, 3), 150, np.uint8))
+    write_image(root / "ground_truth" / "bad" / "000.png", mask())
+    return root
+
+
+DAGM_LABELS_HEADER = "1\n"
+
+
+def make_dagm(root: Path) -> Path:
+    """Class1 with Train (4 images, #3 defective) and Test (4 images, #6 and #8 defective)."""
+    for half, first, defective in (("Train", 1, {3}), ("Test", 5, {6, 8})):
+        lines = [DAGM_LABELS_HEADER.strip()]
+        for index, number in enumerate(range(first, first + 4), start=1):
+            name = f"{number:04d}.PNG"
+            write_image(root / half / name, grey(12, 12))
+            if number in defective:
+                write_image(root / half / "Label" / f"{number:04d}_label.PNG", mask(12, 12))
+                lines.append(f"{index}\t1\t{name}\t0\t{number:04d}_label.PNG")
+            else:
+                lines.append(f"{index}\t0\t{name}\t0\t0")
+        (root / half / "Label").mkdir(parents=True, exist_ok=True)
+        (root / half / "Label" / "Labels.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_classfolder(
+    root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), n_train: int = 3, n_test: int = 2
+) -> Path:
+    for c in classes:
+        for i in range(n_train):
+            write_image(root / "train" / c / f"{i}.png", grey(4, 4))
+        for i in range(n_test):
+            write_image(root / "test" / c / f"{i}.png", grey(4, 4))
+    return root
+
+
+def _cifar_batch(labels: list[int], label_key: bytes, seed: int) -> dict[bytes, object]:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+    return {b"batch_label": b"synthetic", label_key: labels, b"data": data,
+            b"filenames": [f"{i}.png".encode() for i in range(len(labels))]}
+
+
+def _dump(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        pickle.dump(obj, handle, protocol=2)  # the official files are python-2 (protocol 2) pickles
+
+
+def make_cifar10(root: Path) -> Path:
+    """cifar-10-batches-py: 5 train batches of 10 images (one per class), test batch of 20 (two per class)."""
+    folder = root / "cifar-10-batches-py"
+    for b in range(1, 6):
+        _dump(folder / f"data_batch_{b}", _cifar_batch(list(range(10)), b"labels", b))
+    _dump(folder / "test_batch", _cifar_batch([i % 10 for i in range(20)], b"labels", 9))
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    _dump(folder / "batches.meta", {b"label_names": names, b"num_vis": 3072})
+    return folder
+
+
+def make_cifar100(root: Path) -> Path:
+    """cifar-100-python: train 40 images (2 per superclass), test 20 (1 per superclass)."""
+    folder = root / "cifar-100-python"
+    for name, coarse in (("train", [i % 20 for i in range(40)]), ("test", list(range(20)))):
+        batch = _cifar_batch(coarse, b"coarse_labels", len(coarse))
+        batch[b"fine_labels"] = [5 * c for c in coarse]
+        _dump(folder / name, batch)
+    _dump(folder / "meta", {b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+                            b"fine_label_names": [f"fine{i}".encode() for i in range(100)]})
+    return folder
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the idx format: 0, 0, type 0x08, rank, big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def make_mnist_idx(root: Path, *, gz: bool) -> Path:
+    """train 30 images (3 per digit), test 20 (2 per digit), 28x28, as idx files (optionally gzipped)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 20)):
+        labels = np.array([i % 10 for i in range(n)], dtype=np.uint8)
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
+            name = f"{prefix}-{kind}-ubyte"
+            payload = idx_bytes(arr)
+            if gz:
+                (root / f"{name}.gz").write_bytes(gzip.compress(payload))
+            else:
+                (root / name).write_bytes(payload)
+    return root

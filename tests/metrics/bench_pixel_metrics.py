@@ -1,0 +1,87 @@
+"""Time and peak memory of PixelMetrics / aupro on synthetic maps (not collected by pytest).
+
+    python tests/metrics/bench_pixel_metrics.py small   # 1,000 maps of 256x256 (exact) + standalone AUPRO
+    python tests/metrics/bench_pixel_metrics.py large   # 300 maps of 1024x1024 (switches to bins)
+
+Peak memory is the tracemalloc peak of numpy allocations during update + compute (the generated input
+batches, ~13-42 MB, included); ``maxrss`` is the whole process.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generalad.metrics import PixelMetrics, aupro
+
+
+def batch(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth maps (upsampled 16x16 noise + pixel noise) with elliptic defects on every other image."""
+    low = torch.from_numpy(rng.normal(size=(n, 1, 16, 16)).astype(np.float32))
+    maps = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    maps += 0.1 * rng.normal(size=maps.shape).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    masks = np.zeros(maps.shape, bool)
+    for i in range(0, n, 2):
+        cy, cx, ry, rx = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.02, 0.1), rng.uniform(0.02, 0.1)
+        masks[i] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+    maps += 1.5 * masks
+    return maps, masks
+
+
+def run(n_maps: int, size: int, per_batch: int, **kw) -> dict:
+    rng = np.random.default_rng(0)
+    pm = PixelMetrics((size, size), **kw)
+    t_update = 0.0
+    tracemalloc.start()
+    for _ in range(0, n_maps, per_batch):
+        maps, masks = batch(rng, per_batch, size)
+        t = time.perf_counter()
+        pm.update(maps, masks)
+        t_update += time.perf_counter() - t
+    t = time.perf_counter()
+    result = pm.compute()
+    t_compute = time.perf_counter() - t
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {
+        "case": f"{n_maps} x {size}^2",
+        "metrics": result,
+        "describe": pm.describe(),
+        "update_s": round(t_update, 2),
+        "compute_s": round(t_compute, 2),
+        "peak_traced_MB": round(peak / 2**20, 1),
+        "maxrss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def run_aupro(n_maps: int, size: int) -> dict:
+    rng = np.random.default_rng(0)
+    parts = [batch(rng, 50, size) for _ in range(n_maps // 50)]
+    maps = np.concatenate([p[0] for p in parts])
+    masks = np.concatenate([p[1] for p in parts])
+    del parts
+    tracemalloc.start()
+    t = time.perf_counter()
+    value = aupro(maps, masks)
+    elapsed = time.perf_counter() - t
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"case": f"aupro {n_maps} x {size}^2", "aupro": value, "seconds": round(elapsed, 2),
+            "peak_traced_MB_beyond_inputs": round(peak / 2**20, 1)}
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else "small"
+    if which == "small":
+        print(json.dumps(run(1000, 256, 50), indent=1))
+        print(json.dumps(run_aupro(1000, 256), indent=1))
+    else:
+        print(json.dumps(run(300, 1024, 10), indent=1))

@@ -1,0 +1,114 @@
+"""sPRO / AUsPRO for MVTec LOCO: hand-computed toy case, saturation rules, and a slow reference."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from generalad.errors import InputError
+from generalad.metrics.spro import SPROMetrics, load_defects_config, saturation_area
+
+
+def _row(values) -> np.ndarray:
+    return np.asarray([values], dtype=np.float32)
+
+
+def test_hand_computed_toy_case() -> None:
+    sp = SPROMetrics()
+    sp.update(_row([0.7, 0.5] + [0.0] * 8))  # good image: 10 normal pixels
+    # defect 1: 10 pixels, saturation 5; the two pixels outside it score 0.95 but are ignored
+    d1 = _row([1, 1, 0.6, 0.6, 0.6, 0.4, 0.4, 0.4, 0.4, 0.4, 0.95, 0.95])
+    sp.update(d1, [_row([1] * 10 + [0, 0]) > 0], [5])
+    # defect 2: 4 pixels, saturation 2 (relative 0.5)
+    sp.update(_row([0.8, 0.3, 0.3, 0.3]), np.ones((1, 1, 4), bool), [saturation_area(4, 0.5, True)])
+    # curve (FPR, sPRO): (0,0) (0,.2) (0,.45) (.1,.45) (.1,.75) (.2,.75) (.2,1) (1,1)
+    got = sp.compute()
+    assert got["auspro@0.01"] == pytest.approx(0.45)
+    assert got["auspro@0.05"] == pytest.approx(0.45)
+    assert got["auspro@0.1"] == pytest.approx(0.45)
+    assert got["auspro@0.3"] == pytest.approx((0.045 + 0.075 + 0.1) / 0.3)
+    assert got["auspro@1"] == pytest.approx(0.045 + 0.075 + 0.8)
+    assert (sp.n_defects, sp.n_good_images, sp.n_anomalous_images) == (2, 1, 2)
+
+
+def test_saturation_area_rules() -> None:
+    assert saturation_area(400, 0.5, True) == 200
+    assert saturation_area(400, 100, False) == 100
+    assert saturation_area(400, 1000, False) == 400  # clipped to the defect
+    assert saturation_area(400, 1000, False, area_scale=0.25) == 250  # mask evaluated at half size
+
+
+def slow_auspro(images, limit: float) -> float:
+    """From the definition: for each distinct score t, FPR on good images and mean saturated overlap."""
+    good = np.concatenate([m.ravel() for m, d, _ in images if not d])
+    defects = [(m[g], s) for m, d, sats in images for g, s in zip(d, sats)]
+    values = np.unique(np.concatenate([m.ravel() for m, _, _ in images]))[::-1]
+    xs, ys = [0.0], [0.0]
+    for t in values:
+        xs.append(float(np.mean(good >= t)))
+        ys.append(float(np.mean([min(np.sum(a >= t) / s, 1.0) for a, s in defects])))
+    area = 0.0
+    for k in range(1, len(xs)):
+        if xs[k] >= limit:
+            y_cut = ys[k - 1] + (ys[k] - ys[k - 1]) * (limit - xs[k - 1]) / (xs[k] - xs[k - 1])
+            return (area + (limit - xs[k - 1]) * (ys[k - 1] + y_cut) / 2) / limit
+        area += (xs[k] - xs[k - 1]) * (ys[k] + ys[k - 1]) / 2
+    raise AssertionError("curve never reached the limit")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_slow_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(6):
+        amap = (rng.integers(0, 30, (9, 11)) * 0.5).astype(np.float32)
+        defects, sats = [], []
+        if i % 2:
+            for _ in range(int(rng.integers(1, 3))):
+                g = np.zeros((9, 11), bool)
+                y0, x0 = rng.integers(0, 6, 2)
+                g[y0 : y0 + rng.integers(1, 4), x0 : x0 + rng.integers(1, 6)] = True
+                amap[g] += 3.0
+                defects.append(g)
+                sats.append(saturation_area(int(g.sum()), float(rng.uniform(0.2, 1.5)), bool(rng.random() < 0.5)))
+        images.append((amap, defects, sats))
+    sp = SPROMetrics(fpr_limits=(0.05, 0.3, 1.0))
+    for amap, defects, sats in images:
+        sp.update(amap, defects, sats)
+    got = sp.compute()
+    for lim in (0.05, 0.3, 1.0):
+        assert got[f"auspro@{lim:g}"] == pytest.approx(slow_auspro(images, lim), abs=1e-10)
+
+
+def test_binned_close_to_exact() -> None:
+    rng = np.random.default_rng(7)
+    exact, binned = SPROMetrics(), SPROMetrics(max_exact_pixels=2_000)
+    for i in range(10):
+        amap = rng.normal(size=(48, 48)).astype(np.float32)
+        g = np.zeros((48, 48), bool)
+        if i % 2:
+            g[10:20, 5 : 10 + i] = True
+            amap[g] += 1.0
+        args = (amap, [g], [g.sum() / 2]) if i % 2 else (amap,)
+        exact.update(*args)
+        binned.update(*args)
+    a, b = exact.compute(), binned.compute()
+    assert all(abs(a[k] - b[k]) < 1e-3 for k in a)
+
+
+def test_undefined_and_errors(tmp_path) -> None:
+    sp = SPROMetrics()
+    assert all(math.isnan(v) for v in sp.compute().values())
+    with pytest.raises(InputError, match="saturation areas"):
+        sp.update(np.zeros((4, 4)), [np.ones((4, 4))], [])
+    cfg = tmp_path / "defects_config.json"
+    cfg.write_text(
+        json.dumps([{"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 0.5, "relative_saturation": True}])
+    )
+    assert load_defects_config(cfg)[255]["relative_saturation"] is True
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InputError, match="bad.json"):
+        load_defects_config(tmp_path / "bad.json")
