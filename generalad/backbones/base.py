@@ -57,7 +57,10 @@ def _to_chw(image: np.ndarray) -> torch.Tensor:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3):
         raise ConfigError(f"preprocess expects HxWx3 images, got an array of shape {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not arr.flags.writeable:  # decoders may hand out read-only views; torch wants to own writable memory
+        arr = arr.copy()
+    t = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
     return t.expand(1, 3, *t.shape[-2:]) if t.shape[1] == 1 else t
 
 

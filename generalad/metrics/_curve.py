@@ -11,9 +11,10 @@ sweep a threshold t from +inf down and track, for the decision ``score >= t``,
 ``(dn, dp, dw)`` in descending threshold order; ``integrate`` turns the chunks into the metrics.
 
 Exact mode (default while the stored values fit ``max_exact``): negatives are stored as float32, positives
-as float32 + float64 weight. The curve has one point per distinct score (equal scores collapse into one
-point, as scikit-learn and the MVTec reference do). It is produced from two separately sorted arrays in
-chunks of ~2M values, so computing never needs more than the stored arrays plus a few chunk buffers.
+as float32 + float64 weight, in fixed-size blocks that are sorted when they fill up (``SortedBlocks``).
+The curve has one point per distinct score (equal scores collapse into one point, as scikit-learn and
+the MVTec reference do). It is produced by walking all sorted blocks from the top in value ranges of
+~1M values, so computing needs only the stored values plus a few chunk buffers (no concatenated copy).
 
 Binned mode (after the budget is exceeded): values are counted in a histogram whose bins are ranges of
 the float32 bit pattern. Level 1 is the top 16 bits of the order-preserving key (sign, exponent and 7
@@ -35,7 +36,7 @@ import numpy as np
 
 DEFAULT_MAX_EXACT = 200_000_000  # stored values before switching to bins (~0.8 GB of float32)
 DEFAULT_BINS = 1 << 18  # target bins: at most ~1/n_bins of either population per bin
-CHUNK = 1 << 21  # values per curve chunk / per binning pass (bounds temporaries to tens of MB)
+CHUNK = 1 << 20  # values per curve chunk / per binning pass (bounds temporaries to tens of MB)
 
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]  # dn (int64), dp (int64), dw (float64), descending
 
@@ -78,6 +79,78 @@ class BinLayout:
         return cls(shift=(16 - k).astype(np.uint32), offset=offset)
 
 
+class SortedBlocks:
+    """Append-only float32 values (optionally with float64 weights) kept in fixed-capacity blocks.
+
+    A block is sorted (weights carried along) as soon as it is full, so the sorting work happens during
+    the updates and nothing is ever concatenated: memory is the data itself plus the untouched tail of
+    the open block (``np.empty`` pages are not resident until written). Blocks of >= 16 MB are
+    served by mmap and returned to the system when freed.
+    """
+
+    def __init__(self, capacity: int, weighted: bool) -> None:
+        self.capacity = int(capacity)
+        self.weighted = weighted
+        self.sealed: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._buf: np.ndarray | None = None
+        self._wbuf: np.ndarray | None = None
+        self._fill = 0
+        self.size = 0
+
+    def append(self, values: np.ndarray, weights: np.ndarray | None = None) -> None:
+        at = 0
+        while at < values.size:
+            if self._buf is None:
+                self._buf = np.empty(self.capacity, np.float32)
+                self._wbuf = np.empty(self.capacity, np.float64) if self.weighted else None
+            take = min(self.capacity - self._fill, values.size - at)
+            self._buf[self._fill : self._fill + take] = values[at : at + take]
+            if self._wbuf is not None and weights is not None:
+                self._wbuf[self._fill : self._fill + take] = weights[at : at + take]
+            self._fill += take
+            at += take
+            if self._fill == self.capacity:
+                self._seal()
+        self.size += values.size
+
+    def _seal(self) -> None:
+        if self._buf is None or self._fill == 0:
+            return
+        vals = self._buf[: self._fill]
+        w = self._wbuf[: self._fill] if self._wbuf is not None else None
+        if w is None:
+            vals.sort()  # in place
+        else:
+            order = np.argsort(vals, kind="stable")
+            vals, w = vals[order], w[order]
+        self.sealed.append((vals, w))
+        self._buf, self._wbuf, self._fill = None, None, 0
+
+    def views(self) -> list[np.ndarray]:
+        """Every stored value block (the open one unsorted), without changing anything."""
+        open_block = [] if self._buf is None else [self._buf[: self._fill]]
+        return [v for v, _ in self.sealed] + open_block
+
+    def blocks(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """All values as ascending blocks (the open block is sealed first)."""
+        self._seal()
+        return self.sealed
+
+    def drain(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Yield and forget every block (unsorted tail included), releasing memory as it goes."""
+        if self._buf is not None:
+            tail = (self._buf[: self._fill], None if self._wbuf is None else self._wbuf[: self._fill])
+            self._buf, self._wbuf, self._fill = None, None, 0
+            yield tail
+        while self.sealed:
+            yield self.sealed.pop()
+        self.size = 0
+
+
+NEG_BLOCK = 1 << 24  # 64 MB of float32 normal scores per block
+POS_BLOCK = 1 << 22  # 48 MB of (float32, float64) per block; the argsort buffer stays at 32 MB
+
+
 class ScoreStore:
     """Negatives and weighted positives, exact up to ``max_exact`` stored values, then binned."""
 
@@ -88,15 +161,19 @@ class ScoreStore:
         self.n_bins = int(n_bins)
         self.n_neg = 0
         self.n_pos = 0
-        self._neg: list[np.ndarray] = []
-        self._pos: list[np.ndarray] = []
-        self._w: list[np.ndarray] = []
+        self._neg = SortedBlocks(NEG_BLOCK, weighted=False)
+        self._pos = SortedBlocks(POS_BLOCK, weighted=True)
         self.layout: BinLayout | None = None
         self._hist: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def mode(self) -> str:
         return "exact" if self.layout is None else "binned"
+
+    @property
+    def n_stored(self) -> int:
+        """Raw values held in memory (0 once binned)."""
+        return self._neg.size + self._pos.size
 
     def add(self, neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray) -> None:
         """Add negative scores and positive scores with their weights (1-D, same length for pos/pos_w)."""
@@ -110,12 +187,9 @@ class ScoreStore:
         if self.layout is not None:
             self._bin(neg, pos, pos_w)
             return
-        if neg.size:
-            self._neg.append(neg)
-        if pos.size:
-            self._pos.append(pos)
-            self._w.append(pos_w)
-        if self.n_neg + self.n_pos > self.max_exact:
+        self._neg.append(neg)
+        self._pos.append(pos, pos_w)
+        if self.n_stored > self.max_exact:
             self._switch_to_bins()
 
     # --- binned mode -------------------------------------------------------------------------------
@@ -126,17 +200,18 @@ class ScoreStore:
         self.layout = BinLayout.from_counts(neg_cells, pos_cells, self.n_bins)
         nb = self.layout.n_bins
         self._hist = (np.zeros(nb, np.int64), np.zeros(nb, np.int64), np.zeros(nb, np.float64))
-        while self._neg:  # pop as we go so memory falls while histogramming
-            self._bin(self._neg.pop(), np.empty(0, np.float32), np.empty(0))
-        while self._pos:
-            self._bin(np.empty(0, np.float32), self._pos.pop(), self._w.pop())
+        empty = np.empty(0, np.float32)
+        for vals, _ in self._neg.drain():
+            self._bin(vals, empty, np.empty(0))
+        for vals, w in self._pos.drain():
+            self._bin(empty, vals, w)
 
     @staticmethod
-    def _cell_counts(parts: list[np.ndarray]) -> np.ndarray:
+    def _cell_counts(blocks: SortedBlocks) -> np.ndarray:
         counts = np.zeros(65536, dtype=np.int64)
-        for part in parts:
-            for i in range(0, part.size, CHUNK):
-                counts += np.bincount(float_keys(part[i : i + CHUNK]) >> np.uint32(16), minlength=65536)
+        for vals in blocks.views():
+            for i in range(0, vals.size, CHUNK):
+                counts += np.bincount(float_keys(vals[i : i + CHUNK]) >> np.uint32(16), minlength=65536)
         return counts
 
     def _bin(self, neg: np.ndarray, pos: np.ndarray, pos_w: np.ndarray) -> None:
@@ -160,62 +235,79 @@ class ScoreStore:
                 sel = keep[i : i + CHUNK]
                 yield hn[sel], hp[sel], hw[sel]
             return
-        neg, pos, w = self._sorted()
-        yield from _exact_chunks(neg, pos, w)
-
-    def _sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Merge the stored parts (in place of the lists) and sort; repeated calls are cheap."""
-        neg = _concat_consuming(self._neg, np.float32)
-        neg.sort()  # in place: no second copy of the largest array
-        pos = _concat_consuming(self._pos, np.float32)
-        w = _concat_consuming(self._w, np.float64)
-        order = np.argsort(pos, kind="stable")
-        pos, w = pos[order], w[order]
-        self._neg, self._pos, self._w = [neg], [pos], [w]
-        return neg, pos, w
+        yield from _exact_chunks(self._neg.blocks(), self._pos.blocks())
 
 
-def _concat_consuming(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    """Concatenate and empty ``parts`` one piece at a time, so peak memory is total + one piece."""
-    if len(parts) == 1:
-        return parts.pop()
-    out = np.empty(sum(p.size for p in parts), dtype=dtype)
-    at = 0
-    while parts:
-        p = parts.pop(0)
-        out[at : at + p.size] = p
-        at += p.size
-    return out
+def _exact_chunks(
+    neg_blocks: list[tuple[np.ndarray, np.ndarray | None]],
+    pos_blocks: list[tuple[np.ndarray, np.ndarray | None]],
+) -> Iterator[Chunk]:
+    """Walk ascending blocks from the top in value ranges of about CHUNK values.
 
-
-def _exact_chunks(neg: np.ndarray, pos: np.ndarray, w: np.ndarray) -> Iterator[Chunk]:
-    """Walk two ascending arrays from the top in value ranges of ~CHUNK values each.
-
-    A range is closed at a value present in the data and extended to include all its ties, so a group
-    of equal scores is never split between chunks (it must become a single curve point).
+    Each step cuts at a value present in the data such that no block gives more than ~CHUNK / n_blocks
+    values, and takes every value >= the cut from every block: a group of equal scores is never split
+    between steps (it must become a single curve point).
     """
-    hi_n, hi_p = neg.size, pos.size
-    while hi_n > 0 or hi_p > 0:
-        cut_n = neg[hi_n - CHUNK] if hi_n > CHUNK else -np.inf
-        cut_p = pos[hi_p - CHUNK] if hi_p > CHUNK else -np.inf
-        cut = max(cut_n, cut_p)
-        lo_n = int(np.searchsorted(neg[:hi_n], cut, side="left")) if hi_n else 0
-        lo_p = int(np.searchsorted(pos[:hi_p], cut, side="left")) if hi_p else 0
-        yield _chunk_counts(neg[lo_n:hi_n], pos[lo_p:hi_p], w[lo_p:hi_p])
-        hi_n, hi_p = lo_n, lo_p
+    blocks = [(v, w, True) for v, w in neg_blocks] + [(v, w, False) for v, w in pos_blocks]
+    blocks = [b for b in blocks if b[0].size]
+    hi = [b[0].size for b in blocks]
+    step = max(1, CHUNK // max(len(blocks), 1))
+    while any(hi):
+        cut = max(v[h - step] if h > step else -np.inf for (v, _, _), h in zip(blocks, hi) if h)
+        neg_parts, pos_parts, w_parts = [], [], []
+        for i, (v, w, is_neg) in enumerate(blocks):
+            if not hi[i]:
+                continue
+            lo = int(np.searchsorted(v[: hi[i]], cut, side="left"))
+            if is_neg:
+                neg_parts.append(v[lo : hi[i]])
+            else:
+                pos_parts.append(v[lo : hi[i]])
+                w_parts.append(w[lo : hi[i]])
+            hi[i] = lo
+        yield _chunk_counts(*_merge(neg_parts, pos_parts, w_parts))
+
+
+def _merge(neg_parts, pos_parts, w_parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One ascending array per population from ascending pieces (timsort merges the sorted runs)."""
+    empty32, empty64 = np.empty(0, np.float32), np.empty(0)
+    vn = neg_parts[0] if len(neg_parts) == 1 else np.sort(np.concatenate(neg_parts or [empty32]), kind="stable")
+    if len(pos_parts) == 1:
+        return vn, pos_parts[0], w_parts[0]
+    vp = np.concatenate(pos_parts or [empty32])
+    wp = np.concatenate(w_parts or [empty64])
+    order = np.argsort(vp, kind="stable")
+    return vn, vp[order], wp[order]
+
+
+def _runs(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a sorted array and the index where each run of equal values starts."""
+    if v.size == 0:
+        return v, np.empty(0, dtype=np.intp)
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    return v[starts], starts
 
 
 def _chunk_counts(vn: np.ndarray, vp: np.ndarray, wp: np.ndarray) -> Chunk:
-    """Distinct values of two sorted slices and the (neg count, pos count, pos weight) at each."""
-    un = vn[np.r_[vn[1:] != vn[:-1], True]] if vn.size else vn
-    up = vp[np.r_[vp[1:] != vp[:-1], True]] if vp.size else vp
-    u = np.sort(np.concatenate([un, up]), kind="stable")  # two sorted runs: a linear merge
-    u = u[np.r_[u[1:] != u[:-1], True]] if u.size else u
-    n_lo, n_hi = np.searchsorted(vn, u, "left"), np.searchsorted(vn, u, "right")
-    p_lo, p_hi = np.searchsorted(vp, u, "left"), np.searchsorted(vp, u, "right")
-    cw = np.concatenate([[0.0], np.cumsum(wp)])
-    dn, dp, dw = n_hi - n_lo, p_hi - p_lo, cw[p_hi] - cw[p_lo]
-    return dn[::-1].astype(np.int64), dp[::-1].astype(np.int64), dw[::-1]
+    """Distinct values of two sorted slices and the (neg count, pos count, pos weight) at each, in
+    linear time: run-length encode each slice, merge the two run lists, fold values present in both."""
+    un, sn = _runs(vn)
+    up, sp = _runs(vp)
+    cn = np.diff(np.r_[sn, vn.size])
+    cp = np.diff(np.r_[sp, vp.size])
+    cw = np.add.reduceat(wp, sp) if sp.size else np.empty(0)
+    order = np.argsort(np.concatenate([un, up]), kind="stable")  # merge of two sorted runs
+    u = np.concatenate([un, up])[order]
+    dn = np.concatenate([cn, np.zeros(up.size, np.int64)])[order]
+    dp = np.concatenate([np.zeros(un.size, np.int64), cp])[order]
+    dw = np.concatenate([np.zeros(un.size), cw])[order]
+    both = np.flatnonzero(u[1:] == u[:-1])  # stable sort: the negative run comes first, then the positive
+    if both.size:
+        dn[both + 1] = dn[both]
+        keep = np.ones(u.size, dtype=bool)
+        keep[both] = False
+        dn, dp, dw = dn[keep], dp[keep], dw[keep]
+    return dn[::-1], dp[::-1], dw[::-1]
 
 
 @dataclass
@@ -241,7 +333,8 @@ def integrate(
 ) -> CurveSummary:
     """Stream the curve once: ROC trapezoid, step-rule AP, F1-max and the weighted-curve areas.
 
-    * AUROC = sum_k (F_k - F_{k-1}) (T_k + T_{k-1}) / (2 N P)   (trapezoid, ties = one point)
+    * AUROC = sum_k (F_k - F_{k-1}) (T_k + T_{k-1}) / (2 N P)   (trapezoid, ties = one point),
+      evaluated as sum_k dp_k (N - F_k + dn_k / 2) / (N P) (the same number, on positive points only)
     * AP    = sum_k (T_k - T_{k-1}) / P * T_k / (T_k + F_k)      (scikit-learn's step rule)
     * F1max = max_k 2 T_k / (T_k + F_k + P)                      (= 2PR / (P + R) at point k)
     * area(L) = 1/L * integral_0^L W/w_total d(F/N), trapezoid, the last segment cut at F/N = L by
@@ -265,7 +358,7 @@ class _Accumulator:
         self.limits, self.binned = limits, binned
         self.F = self.T = 0
         self.W = 0.0
-        self.roc2 = 0.0  # sum dn * (T + T_prev)
+        self.roc = 0.0  # sum over positives of (negatives below + half the tied ones)
         self.ap = 0.0  # sum dp * precision
         self.f1 = 0.0
         self.area_acc = 0.0  # trapezoid area in (FPR, PRO) units so far
@@ -276,20 +369,27 @@ class _Accumulator:
 
     def add(self, dn: np.ndarray, dp: np.ndarray, dw: np.ndarray) -> None:
         F = self.F + np.cumsum(dn)
-        T = self.T + np.cumsum(dp)
-        W = self.W + np.cumsum(dw)
-        Fp = np.concatenate([[self.F], F[:-1]])
-        Tp = np.concatenate([[self.T], T[:-1]])
-        Wp = np.concatenate([[self.W], W[:-1]])
-        self.roc2 += float(np.sum(dn * (T + Tp).astype(np.float64)))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            prec = np.where(dp > 0, T / (T + F), 0.0)
-        self.ap += float(np.sum(dp * prec))
-        self.f1 = max(self.f1, float(np.max(2.0 * T / (T + F + self.P))))
-        self._areas(F / self.N, Fp / self.N, W / self.R, Wp / self.R)
-        if self.binned:
-            self._bounds(dn, dp, dw, F, T, Fp, Tp)
-        self.F, self.T, self.W = int(F[-1]), int(T[-1]), float(W[-1])
+        # ROC, AP and F1 change only where positives enter: evaluate them on those points alone
+        # (usually a small fraction of the curve).
+        q = np.flatnonzero(dp)
+        if q.size:
+            dpq, Fq = dp[q].astype(np.float64), F[q].astype(np.float64)
+            Tq = self.T + np.cumsum(dpq)
+            # each positive beats the negatives strictly below it and ties half of those level with it
+            self.roc += float(np.sum(dpq * ((self.N - Fq) + 0.5 * dn[q])))
+            self.ap += float(np.sum(dpq * Tq / (Tq + Fq)))
+            self.f1 = max(self.f1, float(np.max(2.0 * Tq / (Tq + Fq + self.P))))
+        if len(self.area) < len(self.limits) or self.binned:
+            W = self.W + np.cumsum(dw)
+            Fp = np.concatenate([[self.F], F[:-1]])
+            Wp = np.concatenate([[self.W], W[:-1]])
+            if len(self.area) < len(self.limits):  # stop once every FPR limit has been passed
+                self._areas(F / self.N, Fp / self.N, W / self.R, Wp / self.R)
+            if self.binned:
+                T = self.T + np.cumsum(dp)
+                Tp = np.concatenate([[self.T], T[:-1]])
+                self._bounds(dn, dp, dw, F, T, Fp, Tp)
+        self.F, self.T, self.W = int(F[-1]), self.T + int(dp.sum()), self.W + float(dw.sum())
 
     def _areas(self, x: np.ndarray, xp: np.ndarray, y: np.ndarray, yp: np.ndarray) -> None:
         seg = (x - xp) * (y + yp) * 0.5
@@ -334,7 +434,7 @@ class _Accumulator:
                 **{("area", lim): b / (self.N * self.R * lim) for lim, b in self.b_area.items()},
             }
         return CurveSummary(
-            auroc=self.roc2 / (2.0 * self.N * self.P),
+            auroc=self.roc / (self.N * self.P),
             ap=self.ap / self.P,
             f1max=self.f1,
             area=area,

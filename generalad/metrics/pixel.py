@@ -20,6 +20,7 @@ metrics are the exact curve sampled at the bin edges; ``describe()`` reports a w
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,13 @@ class PixelMetrics:
         """Pixel AUROC, AP, F1-max (oracle) and AUPRO@fpr_limit; NaN when there is no defect pixel or
         no normal pixel."""
         s = self._compute_summary()
+        worst = max((v for k, v in s.bounds.items() if k in ("auroc", ("area", self.fpr_limit))), default=0.0)
+        if worst > 1e-3:  # bins laid out before the data moved to a new score range: say so
+            warnings.warn(
+                f"PixelMetrics: binned pixel metrics may be off by up to {worst:.2g}; raise max_exact_pixels "
+                "or evaluate at a smaller eval_size (see describe()['max_abs_error'])",
+                stacklevel=2,
+            )
         return {
             "pixel_auroc": s.auroc,
             "pixel_ap": s.ap,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ class InReaChConfig:
     min_channel_len: int = 3
     sigma_k: float = 5.0
     sigma_rule: str = "spherical"
-    block_mb: float = 128.0
+    block_mb: float = 64.0
     precision: str = "fp32"
     transpose_threshold: float = 600.0
     pos_weight: float = 5.0
@@ -203,16 +203,21 @@ def _split_bf16(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, (v - hi.float()).to(torch.bfloat16)
 
 
-def _augment_bf16(x: torch.Tensor, side: str) -> torch.Tensor:
-    """(..., P, D) fp32 → (..., P, D + 4) bf16 so that one matmul yields squared distances directly.
+def _augment(x: torch.Tensor, side: str, bf16: bool) -> torch.Tensor:
+    """(..., P, D) fp32 → (..., P, D + k) operands whose product IS the squared-distance block.
 
-    Rows ("image"): [x_r, ‖x_r‖²_hi, ‖x_r‖²_lo, 1, 1]; columns ("seed"): [−2·y_r, 1, 1, ‖y_r‖²_hi,
-    ‖y_r‖²_lo], with x_r = bf16(x). The product is ‖x_r‖² + ‖y_r‖² − 2·x_r·y_r = ‖x_r − y_r‖², summed
-    inside the kernel's fp32 accumulator, so the cancellation of the large terms happens in fp32 and
-    only the small result is rounded to bf16 (CPU torch has no bf16 matmul with fp32 output). Norms of
-    the ROUNDED vectors keep it an exact distance between the rounded vectors: error near the nearest
-    neighbour ≈ fp32's, far pairs carry ~0.4 % relative error, which cannot change an argmin.
+    Rows ("image"): [x, ‖x‖², 1]; columns ("seed"): [−2·y, 1, ‖y‖²], so x̃·ỹ = ‖x‖² + ‖y‖² − 2x·y
+    comes out of one GEMM, with no extra passes over the (P, P) block for the two broadcast adds.
+    bf16: x_r = bf16(x) and the norms are those of the ROUNDED vectors, split into hi + lo bf16 columns
+    (k = 4). The kernel accumulates in fp32, so the large terms cancel in fp32 and only the small
+    result is rounded to bf16 (CPU torch has no bf16 matmul with fp32 output); being the exact distance
+    between the rounded vectors, its error near the nearest neighbour is close to fp32's, while far
+    pairs carry ~0.4 % relative error, which cannot move an argmin.
     """
+    if not bf16:
+        sq = (x * x).sum(-1, keepdim=True)
+        one = torch.ones_like(sq)
+        return torch.cat([x, sq, one] if side == "image" else [x * -2, one, sq], dim=-1)
     xr = x.to(torch.bfloat16)
     hi, lo = _split_bf16((xr.float() ** 2).sum(-1, keepdim=True))
     one = torch.ones_like(hi)
@@ -240,15 +245,18 @@ def associate(
     num_seeds: int,
     *,
     precision: str = "fp32",
-    block_mb: float = 128.0,
+    block_mb: float = 64.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Association:
     """Mutual-NN association of every image with every earlier seed in ``order`` (spec §5).
 
     For seed rank r_s and each image at rank r > r_s: squared distances ‖a‖²+‖b‖²−2ab between all P
     patches of the image and all P seed patches, argmin both ways, mutual when the indices agree. Images
-    are processed in blocks of B = block_mb / (P²·4 B) images, so memory is bounded by the budget (plus
-    O(N·P) outputs) and work is S·N − S(S+1)/2 image pairs: linear in N. Runs on ``X.device``; results
-    are returned on CPU. ``X`` may be fp16/bf16/fp32; blocks are converted to fp32 (or bf16) on the fly.
+    are processed in blocks of B = block_mb / (P²·4 B) images (P²·6 B in bf16), so working memory is
+    about block_mb plus the block's descriptors plus O(N·P) outputs, and work is S·N − S(S+1)/2 image
+    pairs: linear in N. Runs on ``X.device``; results are returned on CPU. ``X`` may be fp16/bf16/fp32
+    (store it in half precision to halve its memory); blocks are converted on the fly.
+    ``progress(pairs_done, pairs_total)`` is called after every block and seed (for a progress bar).
     """
     X = _as_features(X)
     if precision not in PRECISIONS:
@@ -264,14 +272,11 @@ def associate(
     bf16 = precision == "bf16"
 
     # Distances are translation invariant; centring on the seeds' mean patch shrinks ‖a‖², ‖b‖² and ab
-    # (ReLU features have a large common offset), so the expanded formula cancels less.
+    # (ReLU features have a large common offset), so the expanded formula ‖a‖²+‖b‖²−2ab cancels less.
     center = X[order_t[:s_count]].float().reshape(-1, d).mean(0)
     seeds = X[order_t[:s_count]].float() - center  # (S, P, D): small, kept resident
-    if bf16:
-        seeds_t = _augment_bf16(seeds, "seed").transpose(1, 2).contiguous()  # (S, D + 4, P)
-    else:
-        seed_sq = (seeds * seeds).sum(-1)  # (S, P)
-        seeds_t = seeds.transpose(1, 2).contiguous()  # (S, D, P)
+    seeds_t = _augment(seeds, "seed", bf16).transpose(1, 2).contiguous()  # (S, D + k, P)
+    del seeds
 
     # Outputs in RANK space (row r = image order[r]); permuted to image space at the end.
     seed_rank = torch.full((n, p), -1, dtype=torch.long, device=dev)
@@ -281,24 +286,22 @@ def associate(
     n_mutual = torch.zeros((n, p), dtype=torch.int32, device=dev)
     arange_p = torch.arange(p, device=dev)
 
-    per_image = p * p * 4 * 2  # the fp32 block plus the reduction temporaries, roughly
+    # One fp32 (P, P) distance block per image (+ its bf16 original in bf16 mode on CPU).
+    per_image = p * p * (6 if bf16 else 4)
     block = max(1, int(block_mb * 2**20 // per_image))
     n_pairs = 0
+    total_pairs = s_count * n - s_count * (s_count + 1) // 2
     for r0 in range(1, n, block):  # rank 0 has no earlier seed
         r1 = min(n, r0 + block)
-        xb = X[order_t[r0:r1]].float() - center  # (B, P, D)
-        if bf16:
-            xb_mm = _augment_bf16(xb, "image")
-        else:
-            xb_mm, xb_sq = xb, (xb * xb).sum(-1)
+        xb = X[order_t[r0:r1]].float()  # (B, P, D); tensor indexing copies, so in-place is safe
+        xb = _augment(xb.sub_(center), "image", bf16)
         for s in range(min(s_count, r1 - 1)):  # seeds earlier than at least one image of the block
             lo = max(r0, s + 1) - r0  # first image of the block ranked after seed s
-            d2 = _matmul_fp32_out(xb_mm[lo:], seeds_t[s])  # (b, P_img, P_seed)
-            if not bf16:  # ‖a‖² + ‖b‖² − 2ab, in place
-                d2.mul_(-2.0).add_(seed_sq[s]).add_(xb_sq[lo:, :, None])
+            d2 = _matmul_fp32_out(xb[lo:], seeds_t[s])  # (b, P_img, P_seed) squared distances
             dmin, q = d2.min(dim=2)  # nearest seed patch of every image patch
-            p_back = d2.argmin(dim=1)  # nearest image patch of every seed patch
+            p_back = d2.min(dim=1).indices  # nearest image patch of every seed patch (faster than argmin)
             mut = p_back.gather(1, q) == arange_p  # q's nearest is p again → mutual
+            del d2  # free the block before the next matmul allocates its successor (peak = 1 block)
             dmin.clamp_(min=0.0)  # rounding can make ‖a−b‖² slightly negative
             rows = slice(r0 + lo, r1)
             better = dmin < dist2[rows]  # strict: ties keep the earlier seed
@@ -308,6 +311,8 @@ def associate(
             seed_rank[rows] = torch.where(better, torch.full_like(q, s), seed_rank[rows])
             n_mutual[rows] += mut.to(torch.int32)
             n_pairs += r1 - (r0 + lo)
+            if progress is not None:
+                progress(n_pairs, total_pairs)
 
     def to_images(t: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(t)
@@ -655,4 +660,6 @@ def build_bank(
     bank_ids = bank_indices(chans, filt.alive)
     filt.stats["bank_size"] = float(bank_ids.shape[0])
     filt.stats["bank_fraction"] = bank_ids.shape[0] / float(n * X.shape[1])
+    if bank_ids.shape[0] == 0:  # e.g. N ≤ min_channel_len: no channel can be long enough
+        log.warning("InReaCh: no channel survived the filters (%d images, min_channel_len=%d)", n, cfg.min_channel_len)
     return InReaChResult(bank_ids, assoc, chans, filt, image_statistics(assoc, chans, filt))

@@ -111,7 +111,9 @@ def test_matches_slow_reference_on_random_inputs(seed: int, monkeypatch) -> None
     masks[0, 0, 0] = True
     maps = (rng.integers(0, int(rng.integers(3, 40)), shape) * 0.25 + 2.0 * masks * rng.random()).astype(np.float32)
     limit = float(rng.choice([0.05, 0.3, 1.0]))
-    monkeypatch.setattr(_curve, "CHUNK", 5)  # walk the curve in many small chunks
+    monkeypatch.setattr(_curve, "CHUNK", 5)  # walk the curve in many small chunks over many blocks
+    monkeypatch.setattr(_curve, "NEG_BLOCK", 17)
+    monkeypatch.setattr(_curve, "POS_BLOCK", 3)
     assert aupro(maps, masks, fpr_limit=limit) == pytest.approx(slow_aupro(maps, masks, limit), abs=1e-10)
 
 
