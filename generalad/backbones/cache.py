@@ -153,13 +153,14 @@ def extract_features(
     cache_dir: str | os.PathLike[str] | None = None,
     with_attention: bool = False,
     progress: bool = True,
-    num_workers: int = 0,
+    num_workers: int = 1,
 ) -> FeatureSet:
     """Features of every sample, in order: maps (N, C, h, w) and attention (N, heads, h*w) float32 on the CPU.
 
     ``cache_dir``: reuse / store per-image features there (fp16; results are then fp16-rounded on the first
-    run too, so a cached rerun returns bit-identical features). ``num_workers``: background decoding threads
-    (0 = decode in this thread).
+    run too, so a cached rerun returns bit-identical features). ``num_workers``: background threads that
+    decode + resize the next batches while this one runs (0 = all in this thread). Measured on the shared
+    2-core box (16 bottle PNGs, 224 px, fp32): 1 thread gave 2-3x the images/s of 0; 2 threads no more than 1.
     """
     size = backbone.check_image_size(image_size)
     _check_precision(precision)

@@ -151,6 +151,8 @@ class CNNBackbone(Backbone):
         self._tapping = False  # hooks act only inside forward(); self.model(x) stays the whole network
         for layer in dict.fromkeys(self.layers):
             modules[layer].register_forward_hook(self._hook(layer))
+        # channels_last: oneDNN's fast path for convolutions on CPU (≈1.4x for resnet18 / lite0 on 2 cores).
+        self.model.to(memory_format=torch.channels_last)
         self.freeze()
         self.channels, self.strides = self._probe()
 
@@ -175,13 +177,13 @@ class CNNBackbone(Backbone):
             raise ConfigError(f"CLS attention needs a ViT backbone; {self.name} is a CNN")
         self._taken, self._tapping = {}, True
         try:
-            self.model(x)
+            self.model(x.contiguous(memory_format=torch.channels_last))
         except _StopForward:
             pass
         finally:
             self._tapping = False
         taken, self._taken = self._taken, {}
-        return Features(maps=[taken[layer] for layer in self.layers])
+        return Features(maps=[taken[layer].contiguous() for layer in self.layers])  # plain NCHW for callers
 
 
 def create_cnn(

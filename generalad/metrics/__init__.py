@@ -7,6 +7,7 @@ Undefined metrics (one class only) are NaN, never an exception.
 from generalad.metrics.aupro import aupro
 from generalad.metrics.image import average_precision, f1_max, image_auroc, image_metrics, threshold_metrics
 from generalad.metrics.pixel import PixelMetrics, resize_for_eval
+from generalad.metrics.spro import SPROMetrics, load_defects_config, saturation_area
 
 __all__ = [
     "image_metrics",
@@ -17,4 +18,7 @@ __all__ = [
     "PixelMetrics",
     "aupro",
     "resize_for_eval",
+    "SPROMetrics",
+    "saturation_area",
+    "load_defects_config",
 ]

@@ -22,8 +22,9 @@ mantissa bits: covers every float, relative width 2**-7); level 2 splits each le
 equal sub-bins, k in 0..16, chosen from the data stored before the switch so that no bin holds more than
 ~1/n_bins of the negatives or of the positives (k = 16 resolves single float values). The binned curve
 is the exact curve evaluated at the bin edges (each edge e is a real decision ``score >= e``) joined by
-straight lines, so its error is bounded by what happens inside bins that hold both kinds of value;
-``integrate`` reports these bounds (see ``CurveSummary.bounds``).
+straight lines, so its error is bounded by what happens inside bins that hold several distinct scores
+(each bin's smallest and largest score are tracked, so bins of tied scores count as exact);
+``ScoreStore.error_bounds`` computes these bounds and ``summarize`` attaches them to the result.
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ class ScoreStore:
         self.layout = BinLayout.from_counts(neg_cells, pos_cells, self.n_bins)
         nb = self.layout.n_bins
         self._hist = (np.zeros(nb, np.int64), np.zeros(nb, np.int64), np.zeros(nb, np.float64))
+        self._kmin = np.full(nb, np.iinfo(np.uint32).max, np.uint32)
+        self._kmax = np.zeros(nb, np.uint32)
         empty = np.empty(0, np.float32)
         for vals, _ in self._neg.drain():
             self._bin(vals, empty, np.empty(0))
@@ -219,11 +222,50 @@ class ScoreStore:
         hn, hp, hw = self._hist
         nb = self.layout.n_bins
         for i in range(0, neg.size, CHUNK):
-            hn += np.bincount(self.layout.index(float_keys(neg[i : i + CHUNK])), minlength=nb)
+            hn += np.bincount(self._index(neg[i : i + CHUNK]), minlength=nb)
         for i in range(0, pos.size, CHUNK):
-            idx = self.layout.index(float_keys(pos[i : i + CHUNK]))
+            idx = self._index(pos[i : i + CHUNK])
             hp += np.bincount(idx, minlength=nb)
             hw += np.bincount(idx, weights=pos_w[i : i + CHUNK], minlength=nb)
+
+    def _index(self, values: np.ndarray) -> np.ndarray:
+        """Bin of each value; also tracks each bin's smallest and largest key, so that bins holding a
+        single distinct score (real ties, e.g. quantised maps) are known to be exact."""
+        assert self.layout is not None
+        keys = float_keys(values)
+        idx = self.layout.index(keys)
+        np.minimum.at(self._kmin, idx, keys)
+        np.maximum.at(self._kmax, idx, keys)
+        return idx
+
+    def error_bounds(self, w_total: float, limits: tuple[float, ...], f1max: float) -> dict:
+        """Worst-case |binned - exact| per metric, from the histogram (see the module docstring).
+
+        Only bins holding several distinct scores can hide curve points; inside such a bin the exact
+        curve runs monotonically between the bin's two corner points while the binned curve is their
+        diagonal, so ROC / PRO areas differ by at most half the corner rectangle, each AP sub-step's
+        precision lies in [(Tp + 1) / (Tp + 1 + F), T / (T + Fp)], and F1 = 2T / (T + F + P) is at most
+        2T / (T + Fp + P).
+        """
+        assert self._hist is not None and self.layout is not None
+        hn, hp, hw = self._hist
+        keep = np.flatnonzero((hn > 0) | (hp > 0))[::-1]
+        dn, dp, dw = hn[keep], hp[keep], hw[keep]
+        wide = (self._kmin != self._kmax)[keep]  # bins holding one distinct score cannot err
+        F, T = np.cumsum(dn).astype(np.float64), np.cumsum(dp).astype(np.float64)
+        Fp, Tp = F - dn, T - dp
+        N, P = float(self.n_neg), float(self.n_pos)
+        rect = 0.5 * dn * dw * wide
+        bounds: dict = {
+            "auroc": 0.5 * float(np.sum(dn * dp.astype(np.float64) * wide)) / (N * P),
+            **{("area", lim): float(np.sum(rect[Fp / N < lim])) / (N * w_total * lim) for lim in limits},
+        }
+        sub = wide & (dp > 0)
+        t, tp, f, fp = T[sub], Tp[sub], F[sub], Fp[sub]
+        bounds["ap"] = float(np.sum(dp[sub] * (t / (t + fp) - (tp + 1) / (tp + 1 + f)))) / P
+        f1_upper = float(np.max(2.0 * t / (t + fp + P))) if t.size else 0.0
+        bounds["f1max"] = max(0.0, f1_upper - f1max)
+        return bounds
 
     # --- curve ---------------------------------------------------------------------------------------
     def curve(self) -> Iterator[Chunk]:
@@ -323,13 +365,20 @@ class CurveSummary:
     bounds: dict = field(default_factory=dict)
 
 
+def summarize(store: ScoreStore, w_total: float, limits: Sequence[float] = (0.3,)) -> CurveSummary:
+    """Metrics of a store's curve, with the binning error bounds when it is binned."""
+    summary = integrate(store.curve(), store.n_neg, store.n_pos, w_total, limits)
+    if store.mode == "binned" and store.n_neg and store.n_pos:
+        summary.bounds = store.error_bounds(w_total, tuple(float(x) for x in limits), summary.f1max)
+    return summary
+
+
 def integrate(
     chunks: Iterator[Chunk],
     n_neg: int,
     n_pos: int,
     w_total: float,
     limits: Sequence[float] = (0.3,),
-    binned: bool = False,
 ) -> CurveSummary:
     """Stream the curve once: ROC trapezoid, step-rule AP, F1-max and the weighted-curve areas.
 
@@ -344,7 +393,7 @@ def integrate(
     if n_neg == 0 or n_pos == 0:
         nan = float("nan")
         return CurveSummary(nan, nan, nan, {lim: nan for lim in limits}, {})
-    acc = _Accumulator(n_neg, n_pos, w_total, limits, binned)
+    acc = _Accumulator(n_neg, n_pos, w_total, limits)
     for dn, dp, dw in chunks:
         acc.add(dn, dp, dw)
     return acc.summary()
@@ -353,9 +402,9 @@ def integrate(
 class _Accumulator:
     """Running sums for ``integrate``; one instance per curve."""
 
-    def __init__(self, n_neg: int, n_pos: int, w_total: float, limits: tuple[float, ...], binned: bool):
+    def __init__(self, n_neg: int, n_pos: int, w_total: float, limits: tuple[float, ...]):
         self.N, self.P, self.R = float(n_neg), float(n_pos), float(w_total)
-        self.limits, self.binned = limits, binned
+        self.limits = limits
         self.F = self.T = 0
         self.W = 0.0
         self.roc = 0.0  # sum over positives of (negatives below + half the tied ones)
@@ -363,9 +412,6 @@ class _Accumulator:
         self.f1 = 0.0
         self.area_acc = 0.0  # trapezoid area in (FPR, PRO) units so far
         self.area: dict[float, float] = {}
-        self.b_roc = self.b_ap = 0.0
-        self.b_area = dict.fromkeys(limits, 0.0)
-        self.f1_upper = 0.0
 
     def add(self, dn: np.ndarray, dp: np.ndarray, dw: np.ndarray) -> None:
         F = self.F + np.cumsum(dn)
@@ -379,16 +425,11 @@ class _Accumulator:
             self.roc += float(np.sum(dpq * ((self.N - Fq) + 0.5 * dn[q])))
             self.ap += float(np.sum(dpq * Tq / (Tq + Fq)))
             self.f1 = max(self.f1, float(np.max(2.0 * Tq / (Tq + Fq + self.P))))
-        if len(self.area) < len(self.limits) or self.binned:
+        if len(self.area) < len(self.limits):  # stop once every FPR limit has been passed
             W = self.W + np.cumsum(dw)
             Fp = np.concatenate([[self.F], F[:-1]])
             Wp = np.concatenate([[self.W], W[:-1]])
-            if len(self.area) < len(self.limits):  # stop once every FPR limit has been passed
-                self._areas(F / self.N, Fp / self.N, W / self.R, Wp / self.R)
-            if self.binned:
-                T = self.T + np.cumsum(dp)
-                Tp = np.concatenate([[self.T], T[:-1]])
-                self._bounds(dn, dp, dw, F, T, Fp, Tp)
+            self._areas(F / self.N, Fp / self.N, W / self.R, Wp / self.R)
         self.F, self.T, self.W = int(F[-1]), self.T + int(dp.sum()), self.W + float(dw.sum())
 
     def _areas(self, x: np.ndarray, xp: np.ndarray, y: np.ndarray, yp: np.ndarray) -> None:
@@ -406,37 +447,6 @@ class _Accumulator:
             self.area[lim] = float((before + (lim - xp[k]) * (yp[k] + y_lim) * 0.5) / lim)
         self.area_acc = float(csum[-1])
 
-    def _bounds(self, dn, dp, dw, F, T, Fp, Tp) -> None:
-        """Worst case of the exact curve inside each bin (see module docstring)."""
-        # ROC / PRO: inside a bin the exact curve is monotone between the bin's two corner points and the
-        # binned curve is their diagonal, so the areas differ by at most half the corner rectangle.
-        self.b_roc += float(np.sum(dn * dp.astype(np.float64))) * 0.5
-        rect = dn * dw * 0.5
-        for lim in self.limits:
-            self.b_area[lim] += float(np.sum(rect[Fp / self.N < lim]))
-        # AP: inside a bin holding positives, each sub-step's precision lies in
-        # [(Tp + 1) / (Tp + 1 + F), T / (T + Fp)], which also holds the binned (endpoint) precision.
-        has_pos = dp > 0
-        if has_pos.any():
-            t, tp, f, fp = T[has_pos], Tp[has_pos], F[has_pos], Fp[has_pos]
-            self.b_ap += float(np.sum(dp[has_pos] * (t / (t + fp) - (tp + 1) / (tp + 1 + f))))
-            # F1 = 2T / (T + F + P) grows with T and falls with F: T and Fp bound it inside the bin.
-            self.f1_upper = max(self.f1_upper, float(np.max(2.0 * t / (t + fp + self.P))))
-
     def summary(self) -> CurveSummary:
         area = {lim: self.area.get(lim, math.nan) for lim in self.limits}
-        bounds: dict = {}
-        if self.binned:
-            bounds = {
-                "auroc": self.b_roc / (self.N * self.P),
-                "ap": self.b_ap / self.P,
-                "f1max": max(0.0, self.f1_upper - self.f1),
-                **{("area", lim): b / (self.N * self.R * lim) for lim, b in self.b_area.items()},
-            }
-        return CurveSummary(
-            auroc=self.roc / (self.N * self.P),
-            ap=self.ap / self.P,
-            f1max=self.f1,
-            area=area,
-            bounds=bounds,
-        )
+        return CurveSummary(auroc=self.roc / (self.N * self.P), ap=self.ap / self.P, f1max=self.f1, area=area)

@@ -78,10 +78,7 @@ def aupro(
             neg, pos, w, n = split_pixels(m[sl], g[sl])
             store.add(neg, pos, w)
             n_regions += n
-    summary = _curve.integrate(
-        store.curve(), store.n_neg, store.n_pos, n_regions, (fpr_limit,), binned=store.mode == "binned"
-    )
-    return summary.area[float(fpr_limit)]
+    return _curve.summarize(store, n_regions, (fpr_limit,)).area[float(fpr_limit)]
 
 
 def _pairs(maps: Any, masks: Any) -> Iterable[tuple[np.ndarray, np.ndarray]]:

@@ -65,12 +65,13 @@ def resize_for_eval(
 
 
 class PixelMetrics:
-    """Streaming pixel AUROC / AP / F1-max / AUPRO over (B, H, W) maps and masks.
+    """Streaming pixel AUROC / AP / F1-max / AUPRO over (B, H, W) maps and masks. Usage::
 
-    >>> pm = PixelMetrics(eval_size=(256, 256))
-    >>> for maps, masks in batches:           # maps float (B, H, W), masks bool (B, H, W)
-    ...     pm.update(maps, masks)
-    >>> pm.compute()   # {"pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro"}
+        pm = PixelMetrics(eval_size=(256, 256))
+        for maps, masks in batches:        # maps float (B, 256, 256) raw scores, masks bool (B, 256, 256)
+            pm.update(maps, masks)
+        pm.compute()                       # {"pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro"}
+        pm.describe()                      # mode (exact | binned), resolution, counts, error bounds
     """
 
     def __init__(
@@ -114,10 +115,7 @@ class PixelMetrics:
 
     def _compute_summary(self) -> _curve.CurveSummary:
         if self._summary is None:
-            st = self._store
-            self._summary = _curve.integrate(
-                st.curve(), st.n_neg, st.n_pos, self.n_regions, (self.fpr_limit,), binned=st.mode == "binned"
-            )
+            self._summary = _curve.summarize(self._store, self.n_regions, (self.fpr_limit,))
         return self._summary
 
     def compute(self) -> dict[str, float]:
@@ -153,12 +151,13 @@ class PixelMetrics:
             "ap_rule": "step (sum of recall steps x precision, as scikit-learn)",
         }
         if st.mode == "binned":
-            b = self._compute_summary().bounds
+            b = self._compute_summary().bounds  # empty when the metrics are undefined (NaN)
+            nan = float("nan")
             info["n_bins"] = st.layout.n_bins if st.layout is not None else 0
             info["max_abs_error"] = {
-                "pixel_auroc": b["auroc"],
-                "pixel_ap": b["ap"],
-                "pixel_f1max": b["f1max"],
-                "pixel_aupro": b[("area", self.fpr_limit)],
+                "pixel_auroc": b.get("auroc", nan),
+                "pixel_ap": b.get("ap", nan),
+                "pixel_f1max": b.get("f1max", nan),
+                "pixel_aupro": b.get(("area", self.fpr_limit), nan),
             }
         return info

@@ -76,12 +76,12 @@ def saturated_weights(scores: np.ndarray, saturation: float) -> tuple[np.ndarray
 
 
 class SPROMetrics:
-    """Streaming AUsPRO at several FPR limits, one image per ``update``.
+    """Streaming AUsPRO at several FPR limits, one image per ``update``. Usage::
 
-    >>> sp = SPROMetrics()
-    >>> for amap, defect_masks, sat in images:   # good image: defect_masks == []
-    ...     sp.update(amap, defect_masks, sat)
-    >>> sp.compute()   # {"auspro@0.01": ..., "auspro@0.05": ..., ...}
+        sp = SPROMetrics()
+        for amap, defect_masks, saturation_areas in images:   # good image: defect_masks == []
+            sp.update(amap, defect_masks, saturation_areas)
+        sp.compute()   # {"auspro@0.01": ..., "auspro@0.05": ..., ..., "auspro@1": ...}
     """
 
     def __init__(
@@ -107,7 +107,9 @@ class SPROMetrics:
             raise InputError(f"SPROMetrics.update: expected one (H, W) map, got {amap.shape[0]}")
         masks = self._masks(defect_masks, amap.shape[1:])
         if len(saturation_areas) != masks.shape[0]:
-            raise InputError(f"SPROMetrics.update: {masks.shape[0]} defect masks but {len(saturation_areas)} saturation areas")
+            raise InputError(
+                f"SPROMetrics.update: {masks.shape[0]} defect masks but {len(saturation_areas)} saturation areas"
+            )
         if masks.shape[0] == 0:
             self._store.add(amap.reshape(-1), np.empty(0, np.float32), np.empty(0))
             self.n_good_images += 1
@@ -142,7 +144,5 @@ class SPROMetrics:
         st = self._store
         if self.n_defects == 0 or st.n_neg == 0:
             return {f"auspro@{lim:g}": float("nan") for lim in self.fpr_limits}
-        s = _curve.integrate(
-            st.curve(), st.n_neg, max(st.n_pos, 1), self.n_defects, self.fpr_limits, binned=st.mode == "binned"
-        )
+        s = _curve.integrate(st.curve(), st.n_neg, max(st.n_pos, 1), self.n_defects, self.fpr_limits)
         return {f"auspro@{lim:g}": s.area[lim] for lim in self.fpr_limits}

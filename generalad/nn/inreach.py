@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from generalad.errors import ConfigError
-from generalad.nn.inreach_layout import (  # noqa: F401  (re-exported API)
+from generalad.nn.inreach_layout import (  # re-exported API, see __all__
     LayoutDecision,
     append_positional,
     best_rotation,
@@ -43,12 +43,25 @@ from generalad.nn.inreach_layout import (  # noqa: F401  (re-exported API)
     rotate_masks,
     transpose_score,
 )
-from generalad.nn.inreach_search import (  # noqa: F401  (re-exported API)
+from generalad.nn.inreach_search import (  # re-exported API, see __all__
     NearestBank,
     nearest_distances,
     patch_labels_from_masks,
     precision_recall_of_bank,
 )
+
+__all__ = [
+    # core
+    "InReaChConfig", "select_seeds", "order_with_seeds", "Association", "associate", "Channels",
+    "build_channels", "span_filter", "sigma_filter", "SigmaResult", "FilterResult", "filter_channels",
+    "bank_indices", "gather_bank", "image_nominal_fraction", "image_statistics", "IMAGE_STAT_DOC",
+    "InReaChResult", "build_bank",
+    # layout (inreach_layout)
+    "transpose_score", "best_rotation", "rotate_images", "rotate_masks", "positional_channels",
+    "append_positional", "layout_decision", "LayoutDecision",
+    # 1-NN and diagnostics (inreach_search)
+    "NearestBank", "nearest_distances", "patch_labels_from_masks", "precision_recall_of_bank",
+]
 
 log = logging.getLogger(__name__)
 

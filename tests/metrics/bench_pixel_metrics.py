@@ -4,7 +4,8 @@
     python tests/metrics/bench_pixel_metrics.py aupro   # standalone aupro() on the same 1,000 maps
     python tests/metrics/bench_pixel_metrics.py large   # PixelMetrics, 300 maps of 1024x1024 (switches to bins)
 
-Run one case per process. Memory: ``peak_rss_MB`` is the process high-water mark (ru_maxrss) and
+Run one case per process. Times are wall clock and process CPU time (the CPU figure is the better one on a
+shared machine: the work is single-threaded numpy). Memory: ``peak_rss_MB`` is the process high-water mark (ru_maxrss) and
 ``peak_over_baseline_MB`` subtracts the RSS measured after imports and one generated input batch, so it
 is what the metric itself added (plus at most one more input batch). tracemalloc is not used: it counts
 ``np.empty`` buffers at full size before their pages are touched, which overstates the real peak.
@@ -50,24 +51,27 @@ def peak_rss_mb() -> float:
 def run(n_maps: int, size: int, per_batch: int, **kw) -> dict:
     rng = np.random.default_rng(0)
     pm = PixelMetrics((size, size), **kw)
-    t_update = 0.0
+    t_update = c_update = 0.0
     maps, masks = batch(rng, per_batch, size)
     baseline = rss_mb()
     for i in range(0, n_maps, per_batch):
         if i:
             maps, masks = batch(rng, per_batch, size)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         pm.update(maps, masks)
         t_update += time.perf_counter() - t
-    t = time.perf_counter()
+        c_update += time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     result = pm.compute()
-    t_compute = time.perf_counter() - t
+    t_compute, c_compute = time.perf_counter() - t, time.process_time() - c
     return {
         "case": f"{n_maps} x {size}^2",
         "metrics": result,
         "describe": pm.describe(),
         "update_s": round(t_update, 2),
         "compute_s": round(t_compute, 2),
+        "update_cpu_s": round(c_update, 2),
+        "compute_cpu_s": round(c_compute, 2),
         "peak_rss_MB": round(peak_rss_mb(), 1),
         "peak_over_baseline_MB": round(peak_rss_mb() - baseline, 1),
     }
@@ -80,10 +84,11 @@ def run_aupro(n_maps: int, size: int) -> dict:
     masks = np.concatenate([p[1] for p in parts])
     del parts
     baseline = rss_mb()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     value = aupro(maps, masks)
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - c
     return {"case": f"aupro {n_maps} x {size}^2", "aupro": value, "seconds": round(elapsed, 2),
+            "cpu_s": round(cpu, 2),
             "inputs_MB": round((maps.nbytes + masks.nbytes) / 2**20, 1),
             "peak_over_inputs_MB": round(peak_rss_mb() - baseline, 1)}
 

@@ -94,6 +94,13 @@ def test_eight_connectivity() -> None:
     assert aupro(amap, mask) == pytest.approx(0.5)  # 4-connectivity would give 2/3
 
 
+def test_regions_never_span_two_images_of_a_batch() -> None:
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, 1:3, 1:3] = True  # same place in both images: two regions, not one
+    w, n = region_weights(masks)
+    assert n == 2 and np.allclose(w, 0.25)
+
+
 def test_invariant_to_monotone_transforms() -> None:
     rng = np.random.default_rng(2)
     masks = rng.random((4, 16, 16)) < 0.15

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -109,6 +110,9 @@ def test_undefined_cases_are_nan() -> None:
     assert all(math.isnan(v) for v in PixelMetrics(None).update(maps, np.zeros((2, 8, 8))).compute().values())
     assert all(math.isnan(v) for v in PixelMetrics(None).update(maps, np.ones((2, 8, 8))).compute().values())
     assert all(math.isnan(v) for v in PixelMetrics(None).compute().values())
+    binned = PixelMetrics(None, max_exact_pixels=0).update(maps, np.zeros((2, 8, 8)))
+    assert all(math.isnan(v) for v in binned.compute().values())
+    assert all(math.isnan(v) for v in binned.describe()["max_abs_error"].values())
 
 
 def test_torch_inputs_and_channel_axis() -> None:
@@ -145,4 +149,21 @@ def test_resize_for_eval_bilinear_maps_nearest_masks() -> None:
     # pixel-centre nearest: a one-pixel defect in the middle of 5x5 stays in the middle of 3x3
     dot = np.zeros((5, 5), bool)
     dot[2, 2] = True
-    assert np.array_equal(resize_for_eval(np.zeros((5, 5)), dot, 3)[1], np.eye(3, dtype=bool)[::-1] & np.eye(3, dtype=bool))
+    centre = np.zeros((3, 3), bool)
+    centre[1, 1] = True
+    assert np.array_equal(resize_for_eval(np.zeros((5, 5)), dot, 3)[1], centre)
+
+
+def test_binned_equals_exact_when_bins_separate_all_scores() -> None:
+    """Few distinct scores (small integers, with -0.0 beside 0.0): every bin holds one score value."""
+    rng = np.random.default_rng(5)
+    masks = rng.random((6, 20, 20)) < 0.2
+    maps = (rng.integers(0, 21, masks.shape) + 3 * masks).astype(np.float32)
+    maps[maps == 0] = np.where(rng.random(int((maps == 0).sum())) < 0.5, -0.0, 0.0)
+    exact = PixelMetrics(None).update(maps, masks).compute()
+    pm = PixelMetrics(None, max_exact_pixels=0).update(maps, masks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pm.compute() == pytest.approx(exact, abs=1e-12)
+    # every bin holds one distinct score (real ties only): the bound knows it is exact, no warning
+    assert all(v == 0.0 for v in pm.describe()["max_abs_error"].values())

@@ -105,9 +105,8 @@ def test_undefined_and_errors(tmp_path) -> None:
     with pytest.raises(InputError, match="saturation areas"):
         sp.update(np.zeros((4, 4)), [np.ones((4, 4))], [])
     cfg = tmp_path / "defects_config.json"
-    cfg.write_text(
-        json.dumps([{"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 0.5, "relative_saturation": True}])
-    )
+    entry = {"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 0.5, "relative_saturation": True}
+    cfg.write_text(json.dumps([entry]))
     assert load_defects_config(cfg)[255]["relative_saturation"] is True
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(InputError, match="bad.json"):

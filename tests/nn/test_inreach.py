@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from generalad.errors import ConfigError
 from generalad.nn.inreach import (
+    IMAGE_STAT_DOC,
+    Channels,
     InReaChConfig,
     NearestBank,
     associate,
@@ -35,7 +37,6 @@ from generalad.nn.inreach import (
     span_filter,
     transpose_score,
 )
-from generalad.nn.inreach import IMAGE_STAT_DOC
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -118,8 +119,17 @@ def test_all_pairs_rule_and_config_validation():
 def test_pairs_compared_grow_linearly_with_n():
     X = torch.randn(40, 9, 4)
     for n in (12, 25, 40):
-        a = associate(X[:n], select_seeds(n, 5), 5)
+        calls = []
+        a = associate(X[:n], select_seeds(n, 5), 5, block_mb=1e-3, progress=lambda done, tot: calls.append((done, tot)))
         assert a.n_pairs == 5 * n - 5 * 6 // 2
+        assert calls[-1] == (a.n_pairs, a.n_pairs)
+    a16 = associate(X.half(), select_seeds(40, 5), 5)  # half-precision storage is accepted
+    assert torch.equal(a16.order, a.order) and (a16.match == a.match).float().mean() > 0.95
+
+
+def test_too_few_images_give_an_empty_bank_not_an_error():
+    res = build_bank(torch.randn(3, 9, 4).relu())  # channels hold at most 3 entries ≤ min_channel_len
+    assert res.bank_ids.shape == (0, 2) and res.stats["bank_size"] == 0
 
 
 # ---------------------------------------------------------------------------------------- association
@@ -254,8 +264,6 @@ def test_sigma_filter_isotropic_high_dim_channel_dies_under_spherical_rule():
     assert cen.alive.all()
     # through the full span → σ → span chain: the channel and its seed are gone
     X = vecs[None]
-    from generalad.nn.inreach import Channels
-
     chans = Channels(
         keys=torch.tensor([[0, 0]]),
         entry_image=torch.zeros(20, dtype=torch.long),
