@@ -58,7 +58,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score ``test``, compute metrics, and (when ``out_dir``) write metrics.json + predictions.jsonl/csv."""
     test, excluded = leak_free(model, test)
-    pixel = PixelMetrics() if has_masks else None
+    pixel = PixelMetrics(eval_size) if has_masks else None
     desc = model.describe()
     records: list[Prediction] = []
     scores_all: list[np.ndarray] = []

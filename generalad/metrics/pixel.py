@@ -38,10 +38,12 @@ def resize_for_eval(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize a map (bilinear, align_corners=False) and its mask (nearest neighbour) to ``size``.
 
-    ``anomaly_map``: (H, W) or (B, H, W), numpy or torch. ``mask``: same shape, bool / 0-1 / 0-255, or
-    None for a normal image (an all-False mask is returned). Returns float32 maps and bool masks of the
-    input's rank. Masks use pixel-centre nearest neighbour (torch's "nearest-exact", as PIL's NEAREST)
-    rather than torch's legacy "nearest", which shifts masks by up to one source pixel.
+    ``anomaly_map``: (H, W) or (B, H, W), numpy or torch. ``mask``: (H', W') or (B, H', W'), bool / 0-1 /
+    0-255, or None for a normal image (an all-False mask is returned). Map and mask may have different
+    sizes (model resolution vs. the original image): each is resized on its own, nothing is cropped.
+    Returns float32 maps and bool masks of the map's rank. Masks use pixel-centre nearest neighbour
+    (torch's "nearest-exact", as PIL's NEAREST) rather than torch's legacy "nearest", which shifts masks
+    by up to one source pixel.
     """
     import torch
     import torch.nn.functional as F
@@ -57,11 +59,22 @@ def resize_for_eval(
     if mask is None:
         out_mask = np.zeros(out_map.shape, dtype=bool)
     else:
-        g = torch.from_numpy(masks_3d(mask, m3.shape).astype(np.uint8)).unsqueeze(1)
+        g3 = _mask_batch(mask, m3.shape[0])
+        g = torch.from_numpy(g3.astype(np.uint8)).unsqueeze(1)
         if tuple(g.shape[-2:]) != size:
             g = F.interpolate(g, size=size, mode="nearest-exact")
         out_mask = g.squeeze(1).numpy() > 0
     return (out_map[0], out_mask[0]) if squeeze else (out_map, out_mask)
+
+
+def _mask_batch(mask: Any, n_maps: int) -> np.ndarray:
+    """(B, H, W) bool masks, one per map; the mask's own size is kept."""
+    g = to_numpy(mask)
+    g = g[None] if g.ndim == 2 else g
+    g = g[:, 0] if g.ndim == 4 and g.shape[1] == 1 else g
+    if g.ndim != 3 or g.shape[0] != n_maps:
+        raise InputError(f"resize_for_eval: {n_maps} map(s) but mask shape {tuple(g.shape)}")
+    return masks_3d(g, g.shape)
 
 
 class PixelMetrics:

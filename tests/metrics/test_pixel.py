@@ -146,6 +146,11 @@ def test_resize_for_eval_bilinear_maps_nearest_masks() -> None:
     assert out_mask.dtype == np.bool_ and out_mask[:4, :4].all() and out_mask.sum() == 16
     maps, masks = resize_for_eval(np.random.default_rng(0).random((2, 40, 60)), None, 16)
     assert maps.shape == masks.shape == (2, 16, 16) and not masks.any()
+    # map at model resolution, mask at the original size: each resized on its own
+    m, g = resize_for_eval(np.ones((8, 8)), np.ones((30, 20), bool), (16, 16))
+    assert m.shape == g.shape == (16, 16) and g.all()
+    with pytest.raises(InputError, match="mask shape"):
+        resize_for_eval(np.ones((2, 8, 8)), np.ones((3, 8, 8)), 4)
     # pixel-centre nearest: a one-pixel defect in the middle of 5x5 stays in the middle of 3x3
     dot = np.zeros((5, 5), bool)
     dot[2, 2] = True
