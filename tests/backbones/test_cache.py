@@ -33,8 +33,10 @@ def test_preprocess_resizes_clamps_and_normalises():
     assert x[0].min() >= -2 - 1e-6 and x[0].max() <= 2 + 1e-6  # (0-0.5)/0.25 .. (1-0.5)/0.25
     torch.testing.assert_close(x[1], torch.zeros(3, 28, 42))  # grey replicated, mean removed
     same = np.random.default_rng(0).random((28, 42, 3), dtype=np.float32)
-    torch.testing.assert_close(preprocess([same], (28, 42), (0, 0, 0), (1, 1, 1))[0], torch.from_numpy(same).permute(2, 0, 1))
-    expect = F.interpolate(torch.from_numpy(sharp).permute(2, 0, 1)[None], size=(28, 42), mode="bicubic", antialias=True)
+    plain = preprocess([same], (28, 42), (0, 0, 0), (1, 1, 1))[0]
+    torch.testing.assert_close(plain, torch.from_numpy(same).permute(2, 0, 1))
+    chw = torch.from_numpy(sharp).permute(2, 0, 1)[None]
+    expect = F.interpolate(chw, size=(28, 42), mode="bicubic", antialias=True)
     torch.testing.assert_close(x[:1], (expect.clamp(0, 1) - 0.5) / 0.25)
 
 

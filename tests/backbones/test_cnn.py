@@ -73,5 +73,18 @@ def test_torchvision_weights_from_local_file(tmp_path):
 
 
 def test_unknown_backbone_lists_choices():
-    with pytest.raises(ConfigError, match=r"unknown backbone 'foo' \(--backbone\); choose one of: .*efficientnet_lite0"):
+    with pytest.raises(ConfigError, match=r"unknown backbone 'foo' \(--backbone\); choose one of: .*resnet18"):
         create_backbone("foo")
+
+
+def test_download_urls_are_torchvision_imagenet1k_v1_and_describe_is_json():
+    import json
+
+    from generalad.backbones.cnn import CNN_MODELS
+
+    tv = torchvision.models
+    assert CNN_MODELS["resnet18"].url == tv.ResNet18_Weights.IMAGENET1K_V1.url
+    assert CNN_MODELS["resnet34"].url == tv.ResNet34_Weights.IMAGENET1K_V1.url
+    assert CNN_MODELS["wide_resnet50_2"].url == tv.Wide_ResNet50_2_Weights.IMAGENET1K_V1.url
+    desc = json.loads(json.dumps(create_backbone("resnet18", weights="random").describe()))
+    assert desc["kind"] == "cnn" and desc["weights_sha256"] == "random-init" and desc["strides"] == [8, 16]
