@@ -122,7 +122,7 @@ class AnomalyModel:
         )
 
     # ----------------------------------------------------------------- hooks for methods
-    def _fit_features(self, features, samples: Sequence[Sample]) -> None:
+    def _fit_features(self, features, samples: Sequence[Sample], *, held_out: Sequence[Sample] = ()) -> None:
         raise NotImplementedError
 
     def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
@@ -167,7 +167,7 @@ class AnomalyModel:
             source = f"{len(held)} given calibration images"
         features = self.extract(train, progress=progress)
         t_feat = time.perf_counter()
-        self._fit_features(features, train)
+        self._fit_features(features, train, held_out=held)
         del features
         t_fit = time.perf_counter()
         if not held:  # too few images to hold any out: calibrate on training scores (optimistic)

@@ -130,7 +130,7 @@ class GeneralADConfig:
             (0 <= self.eta_min_factor <= 1, "eta_min_factor must be in [0, 1]"),
             (self.heads >= 1 and self.hidden >= 1, "heads and hidden must be >= 1"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (self.semantic_epoch_size is None or self.semantic_epoch_size >= 1, "semantic_epoch_size must be >= 1"),
+            (self.semantic_epoch_size is None or self.semantic_epoch_size >= 1, "semantic_epoch_size must be >=1"),
             (self.shuffle_k_max is None or self.shuffle_k_max >= 1, "shuffle_k_max must be >= 1"),
             (self.map_sigma_at_518 >= 0 and self.map_radius_at_518 >= 0, "map sigma/radius must be >= 0"),
             (self.precision in ("bf16", "fp32"), f"precision must be 'bf16' or 'fp32', got {self.precision!r}"),
@@ -195,16 +195,22 @@ def _check_features(features: torch.Tensor, grid: tuple[int, int], what: str) ->
     if features.dim() != 3:
         raise InputError(f"{what} must be (N, P, D), got shape {tuple(features.shape)}")
     if features.shape[1] != grid[0] * grid[1]:
-        raise InputError(f"{what} have {features.shape[1]} patches but grid {grid[0]}x{grid[1]} needs {grid[0] * grid[1]}")
+        raise InputError(
+            f"{what} have {features.shape[1]} patches but grid {grid[0]}x{grid[1]} needs {grid[0] * grid[1]}"
+        )
     if features.shape[0] < 1:
         raise InputError(f"{what} are empty")
 
 
-def _check_attention(attention: torch.Tensor | None, features: torch.Tensor, config: GeneralADConfig, what: str):
+def _check_attention(
+    attention: torch.Tensor | None, features: torch.Tensor, config: GeneralADConfig, what: str
+) -> torch.Tensor | None:
     if not config.needs_attention:
         return None
     if attention is None:
-        raise InputError(f"distortions {config.distortions} need CLS attention for the {what}; extract with attention")
+        raise InputError(
+            f"distortions {config.distortions} need CLS attention for the {what}; extract with attention"
+        )
     if attention.dim() != 3 or attention.shape[0] != features.shape[0] or attention.shape[2] != features.shape[1]:
         raise InputError(
             f"{what} attention must be (N, heads, P) = ({features.shape[0]}, H, {features.shape[1]}), "
@@ -348,7 +354,7 @@ def train_discriminator(
         validation / validation_attention: held-out NORMAL features; their distortion loss (fixed
             generator, eval mode) is logged per epoch and drives ``config.early_stopping_patience``.
         on_epoch: ``on_epoch(epoch, disc)`` after each epoch with ``disc`` in eval mode (e.g. the parity
-            "select on test" mode records its own best state); returning True stops training.
+            "select on test" mode records its own best state); returning ``True`` (exactly) stops training.
         device: where to train; default = ``features.device``.
 
     Returns:
@@ -439,7 +445,8 @@ def train_discriminator(
             history.append(record)
             if on_epoch is not None:
                 disc.eval()
-                stop = bool(on_epoch(epoch, disc)) or stop
+                # Only a literal True stops: a callback returning e.g. its AUROC must not end training.
+                stop = (on_epoch(epoch, disc) is True) or stop
             if stop:
                 break
 
@@ -537,7 +544,9 @@ def logit_maps(
         out_size = (out_size, out_size)
     out_size = (int(out_size[0]), int(out_size[1]))
     if logits.dim() != 2 or logits.shape[1] != grid[0] * grid[1]:
-        raise InputError(f"logits must be (N, {grid[0] * grid[1]}) for grid {grid[0]}x{grid[1]}, got {tuple(logits.shape)}")
+        raise InputError(
+            f"logits must be (N, {grid[0] * grid[1]}) for grid {grid[0]}x{grid[1]}, got {tuple(logits.shape)}"
+        )
     sigma, radius = map_blur(out_size, sigma_at_518, radius_at_518)
     grids = logits.float().reshape(logits.shape[0], grid[0], grid[1])
     return upsample_maps(grids, out_size, sigma=sigma, radius=radius)

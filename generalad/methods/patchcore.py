@@ -50,7 +50,7 @@ class PatchCore(AnomalyModel):
     def _patches(self, features) -> tuple[torch.Tensor, tuple[int, int]]:
         return locally_aware_patches(features.maps, out_dim=self.config.feature_dim)
 
-    def _fit_features(self, features, samples: Sequence[Sample]) -> None:
+    def _fit_features(self, features, samples: Sequence[Sample], *, held_out: Sequence[Sample] = ()) -> None:
         patches, self.grid_ = self._patches(features)
         flat = patches.reshape(-1, patches.shape[-1]).float().contiguous()
         keep = greedy_coreset(

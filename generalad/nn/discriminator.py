@@ -181,7 +181,8 @@ class Discriminator(nn.Module):
         if features.dim() != 3 or features.shape[1] != self.num_patches or features.shape[2] != self.dim:
             raise InputError(
                 f"discriminator expects (B, {self.num_patches}, {self.dim}) features for grid "
-                f"{self.grid[0]}x{self.grid[1]}, got {tuple(features.shape)}; call resize_positions() for another grid"
+                f"{self.grid[0]}x{self.grid[1]}, got {tuple(features.shape)}; "
+                "call resize_positions() for another grid"
             )
         # fp16 cached features are promoted to the parameters' dtype; autocast (if on) handles the matmuls.
         x = features.to(self.pos_embed.dtype) + self.pos_embed

@@ -80,14 +80,16 @@ def _gaussian(features: torch.Tensor, sigma: float, generator: torch.Generator) 
 
 
 def _ranks(values: torch.Tensor, descending: bool = False) -> torch.Tensor:
-    """Rank of each entry along dim 1 (0 = smallest, or largest when ``descending``); ties → lower index first."""
+    """Rank of each entry along dim 1 (0 = smallest, or largest if ``descending``); ties: lower index first."""
     order = torch.argsort(values, dim=1, descending=descending, stable=True)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(values.shape[1], device=values.device).expand_as(order))
     return ranks
 
 
-def _random_subset(batch: int, n: int, k: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def _random_subset(
+    batch: int, n: int, k: torch.Tensor, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Bool (B, N): k_b distinct uniformly chosen positions per image."""
     keys = torch.rand((batch, n), generator=generator, device=device)
     return _ranks(keys) < k[:, None]
@@ -114,7 +116,7 @@ def _permute_within(
     k = mask.sum(1, keepdim=True)  # (B, 1)
     keys = torch.rand((b, n), generator=generator, device=features.device)
     # Masked positions first, in a uniformly random order s_0 .. s_{k-1}; unmasked after them.
-    order = torch.argsort(keys.masked_fill(~mask, 2.0), dim=1)
+    order = torch.argsort(keys.masked_fill(~mask, 2.0), dim=1, stable=True)
     j = torch.arange(n, device=features.device).expand(b, n)
     if derangement:
         # s_j takes the feature of s_{(j+1) mod k}: one k-cycle, so no fixed point when k >= 2.

@@ -37,7 +37,9 @@ def masked_bce(logits: torch.Tensor, select: torch.Tensor, target: float) -> tor
 
 
 def partial_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Class-balanced loss of one partial copy: mean over its 0-patches + mean over its 1-patches (batch-pooled)."""
+    """Class-balanced loss of one partial copy: mean over its 0-patches + mean over its 1-patches.
+
+    Both means pool over the whole batch (not per image)."""
     positive = labels.bool()
     return masked_bce(logits, ~positive, 0.0) + masked_bce(logits, positive, 1.0)
 

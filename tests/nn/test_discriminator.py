@@ -10,6 +10,16 @@ from generalad.errors import InputError
 from generalad.nn.discriminator import Discriminator, resample_positions
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny tensors: a second intra-op thread only adds barrier waits on a shared, oversubscribed box
+    # (measured 10x slower there); results are identical either way.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -121,13 +131,14 @@ def test_load_state_dict_resamples_other_grid() -> None:
     big = Discriminator(8, (8, 8), num_heads=2, hidden=8)
     big.load_state_dict(small.state_dict())
     assert big.grid == (8, 8)
-    torch.testing.assert_close(big.pos_embed.detach(), resample_positions(small.pos_embed.detach(), (4, 4), (8, 8)))
+    table = small.pos_embed.detach()
+    torch.testing.assert_close(big.pos_embed.detach(), resample_positions(table, (4, 4), (8, 8)))
     torch.testing.assert_close(big.mlp[0].weight, small.mlp[0].weight)
     # files without grid_shape: square grids are inferred
     state = {k: v for k, v in small.state_dict().items() if k != "grid_shape"}
     other = Discriminator(8, (5, 5), num_heads=2, hidden=8)
     other.load_state_dict(state)
-    torch.testing.assert_close(other.pos_embed.detach(), resample_positions(small.pos_embed.detach(), (4, 4), (5, 5)))
+    torch.testing.assert_close(other.pos_embed.detach(), resample_positions(table, (4, 4), (5, 5)))
 
 
 def test_from_state_dict_reads_sizes() -> None:
