@@ -140,6 +140,10 @@ class AnomalyModel:
     def _map_radius(self) -> int | None:
         return None
 
+    def _map_mode(self) -> str:
+        """Interpolation from the patch grid to the working size (bilinear; InReaCh: nearest)."""
+        return "bilinear"
+
     def _state(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -200,7 +204,7 @@ class AnomalyModel:
         for chunk in _chunks(list(samples), self.infer_chunk):
             features = self.extract(chunk, progress=progress, use_cache=use_cache)
             scores, grids = self._infer_features(features)
-            maps = upsample_maps(grids, size, sigma=self._map_sigma(), radius=self._map_radius())
+            maps = upsample_maps(grids, size, sigma=self._map_sigma(), radius=self._map_radius(), mode=self._map_mode())
             yield chunk, np.asarray(self._final_scores(scores, maps), dtype=np.float64), maps
 
     def _score_with_maps(self, samples: Sequence[Sample]) -> tuple[np.ndarray, torch.Tensor]:
