@@ -17,7 +17,8 @@ import torch
 from generalad.data import Sample
 from generalad.errors import ConfigError
 from generalad.methods.base import AnomalyModel, BaseConfig
-from generalad.nn.patches import NearestNeighbours, greedy_coreset, locally_aware_patches
+from generalad.nn.coreset import greedy_coreset
+from generalad.nn.patches import NearestNeighbours, locally_aware_patches
 
 
 @dataclasses.dataclass
