@@ -76,7 +76,7 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path) -> dict[str, An
     model.fit(train, calibration=ds.validation or None)
     fit_s = time.perf_counter() - t0
     label = m.get("label", m["name"])
-    run_dir = out / "runs" / f"{ds_cfg.get('name', ds.name)}_{unit}_{label}_s{seed}" + (f"_k{shots}" if shots else "")
+    run_dir = out / "runs" / (f"{ds_cfg.get('name', ds.name)}_{unit}_{label}_s{seed}" + (f"_k{shots}" if shots else ""))
     eval_size = cfg.get("eval_size", 256)
     metrics = evaluate(
         model, ds.test, out_dir=run_dir, has_masks=ds.has_masks,

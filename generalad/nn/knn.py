@@ -1,8 +1,10 @@
 """Exact nearest-neighbour search over a memory bank (faiss IndexFlatL2, torch fallback).
 
 Distances are Euclidean by default (PatchCore scores patches by the distance to the nearest bank vector);
-``squared=True`` returns what faiss computes natively. Both backends use the expansion
-‖q‖² − 2q·b + ‖b‖², so tiny negative squared distances from rounding are clamped to 0.
+``squared=True`` returns squared distances. Both backends rank with the expansion ‖q‖² − 2q·b + ‖b‖²,
+whose rounding near zero is ~1e-6 in d², i.e. ~1e-3 after the square root. The k returned distances are
+therefore recomputed from explicit differences (Q·k·D work, negligible next to the Q·M·D search), so a
+query equal to a bank vector gets exactly 0 and both backends agree to fp32 rounding.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class NearestNeighbours:
     """Exact k-NN index over ``bank`` (M, D).
 
     backend: "auto" (faiss when importable, else torch), "faiss" or "torch".
-    chunk: queries per search call (bounds the (chunk, M) distance block of the torch backend and the
-    result buffers of faiss). faiss uses ``torch.get_num_threads()`` threads at search time.
+    chunk: queries per search call (the torch backend lowers it so its (chunk, M) distance block stays
+    near 64 MB). faiss uses ``torch.get_num_threads()`` threads at search time.
     """
 
     def __init__(
@@ -82,22 +84,33 @@ class NearestNeighbours:
             raise ConfigError(f"nearest neighbours: k must be in [1, {len(self)}], got {k}")
         dist = torch.empty(q.shape[0], k, dtype=torch.float32)
         idx = torch.empty(q.shape[0], k, dtype=torch.int64)
-        search = self._search_faiss if self.backend == "faiss" else self._search_torch
-        for s in range(0, q.shape[0], self.chunk):
-            dist[s : s + self.chunk], idx[s : s + self.chunk] = search(q[s : s + self.chunk], k)
-        dist.clamp_(min=0)
+        if self.backend == "faiss":
+            search, step = self._search_faiss, self.chunk
+        else:  # the torch backend holds a (step, M) distance block: keep it near 64 MB
+            search, step = self._search_torch, min(self.chunk, max(16, (1 << 24) // len(self)))
+        for s in range(0, q.shape[0], step):
+            qc = q[s : s + step]
+            dist[s : s + step], idx[s : s + step] = self._exact(qc, search(qc, k))
         return (dist, idx) if squared else (dist.sqrt_(), idx)
 
-    def _search_faiss(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        faiss.omp_set_num_threads(torch.get_num_threads())
-        d, i = self._index.search(q.numpy(), k)
-        return torch.from_numpy(d), torch.from_numpy(i)
+    def _exact(self, q: torch.Tensor, found: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared distances of the found neighbours from explicit differences, re-sorted ascending."""
+        d2 = torch.empty(found.shape, dtype=torch.float32)
+        step = max(1, (1 << 22) // (found.shape[1] * self.dim))  # bounds the (step, k, D) temporary
+        for s in range(0, q.shape[0], step):
+            diff = self.bank[found[s : s + step]] - q[s : s + step, None]
+            d2[s : s + step] = diff.pow_(2).sum(2)
+        d2, order = d2.sort(dim=1, stable=True)
+        return d2, found.gather(1, order)
 
-    def _search_torch(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # (chunk, M) block of squared distances; topk of the negated values = k smallest, sorted
-        d2 = torch.addmm(self._bank_sq, q, self.bank.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True))
-        neg, i = d2.neg_().topk(k, dim=1, largest=True, sorted=True)
-        return neg.neg_(), i
+    def _search_faiss(self, q: torch.Tensor, k: int) -> torch.Tensor:
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        return torch.from_numpy(self._index.search(q.numpy(), k)[1])
+
+    def _search_torch(self, q: torch.Tensor, k: int) -> torch.Tensor:
+        # (chunk, M) block of ‖b‖² − 2q·b (‖q‖² does not change the ranking); k smallest, nearest first
+        d2 = torch.addmm(self._bank_sq, q, self.bank.T, alpha=-2.0)
+        return d2.topk(k, dim=1, largest=False, sorted=True).indices
 
 
 def patchcore_reweight(

@@ -1,0 +1,53 @@
+"""PatchCore on the real MVTec bottle subset with the bundled EfficientNet-Lite0 weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from generalad.data import open_dataset
+from generalad.evaluate import evaluate
+from generalad.methods import load_model
+from generalad.methods.patchcore import PatchCore
+
+
+@pytest.fixture(scope="module")
+def bottle(bottle_dir):
+    return open_dataset(bottle_dir)
+
+
+@pytest.fixture(scope="module")
+def fitted(bottle, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return PatchCore(backbone="efficientnet_lite0", cache_dir=str(cache)).fit(bottle.train)
+
+
+def test_bottle_image_auroc(fitted, bottle):
+    metrics = evaluate(fitted, bottle.test)
+    assert metrics["n_test"] == 83
+    assert metrics["image_auroc"] >= 0.98
+    # the threshold comes from held-out training normals: realised false-alarm rate on test normals is low
+    assert metrics["at_threshold"]["fpr"] <= 0.2
+    assert "holdout" in metrics["calibration"]["source"]
+
+
+def test_coreset_is_ten_percent(fitted):
+    assert fitted.fit_info_["bank_size"] == round(0.1 * fitted.fit_info_["n_patches"])
+
+
+def test_save_load_gives_identical_scores(fitted, bottle, tmp_path):
+    fitted.save(tmp_path / "run")
+    again = load_model(tmp_path / "run")
+    subset = bottle.test[::10]
+    assert np.array_equal(again.score(subset), fitted.score(subset))
+    assert again.threshold_ == fitted.threshold_
+
+
+def test_same_seed_same_model(bottle, fitted, tmp_path):
+    other = PatchCore(backbone="efficientnet_lite0", cache_dir=fitted.config.cache_dir).fit(bottle.train)
+    assert np.array_equal(other.bank_.numpy(), fitted.bank_.numpy())
+
+
+def test_maps_at_original_size(fitted, bottle):
+    maps = fitted.anomaly_maps(bottle.test[:2])
+    assert maps[0].shape == (900, 900) and maps[0].dtype == np.float32
