@@ -30,8 +30,8 @@ def peak_rss_mb() -> float:
 
 
 def leak_free(model: AnomalyModel, test: Sequence[Sample]) -> tuple[list[Sample], list[str]]:
-    """Drop test images the model was trained on (contamination protocol, inreach.md §8)."""
-    trained = set(model.train_files_)
+    """Drop test images the model saw in fit — training or calibration (contamination protocol, inreach.md §8)."""
+    trained = set(model.train_files_) | set(model.calibration_files_)
     kept = [s for s in test if s.path not in trained]
     return kept, sorted(s.path for s in test if s.path in trained)
 
@@ -83,7 +83,7 @@ def evaluate(
         "at_threshold": threshold_metrics(scores, labels, model.threshold_),
         "calibration": model.calibration_.to_dict(),
         "evaluation_resolution": list(eval_size) if eval_size else "native",
-        "excluded_from_test_as_trained": excluded,
+        "excluded_from_test_as_seen_in_fit": excluded,
         **model.protocol(),
         **_group_metrics(scores, labels, np.array([s.defect_type for s in test])),
         **(extra or {}),

@@ -97,6 +97,7 @@ class AnomalyModel:
         self.method_stats_: dict[str, Any] = {}  # methods add what they learned (bank size, epochs, ...)
         self.run_info_: dict[str, Any] = {}  # where the training data came from (root, class, shots, ...)
         self.train_files_: list[str] = []
+        self.calibration_files_: list[str] = []
 
     # ----------------------------------------------------------------- backbone and features
     def backbone(self) -> torch.nn.Module:
@@ -181,6 +182,7 @@ class AnomalyModel:
         self.calibration_.source = source
         self.pixel_calibration_ = calibrate_pixels(maps, q=self.config.pixel_quantile, seed=self.config.seed)
         self.train_files_ = [s.path for s in train]
+        self.calibration_files_ = [s.path for s in held]
         self.fit_info_ = {
             "n_train": len(train),
             "n_calibration": len(held),
@@ -274,6 +276,7 @@ class AnomalyModel:
             "pixel_calibration": self.pixel_calibration_.to_dict(),
             "fit": self.fit_info_,
             "train_files": self.train_files_,
+            "calibration_files": self.calibration_files_,
             "data": self.run_info_,
             **self._extra_meta(),
         }
@@ -298,6 +301,7 @@ class AnomalyModel:
         model.pixel_calibration_ = PixelCalibration.from_dict(meta["pixel_calibration"])
         model.fit_info_ = meta.get("fit", {})
         model.train_files_ = meta.get("train_files", [])
+        model.calibration_files_ = meta.get("calibration_files", [])
         model.run_info_ = meta.get("data", {})
         model._load_extra_meta(meta)
         model._load_state(tensors)
