@@ -189,6 +189,29 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from generalad.clean import rank_training_images, write_clean_list
+    from generalad.data import contaminate
+
+    ds = _open(args)
+    moved = []
+    if args.contaminate:
+        ds, moved = contaminate(ds, args.contaminate, seed=args.seed or 0)
+    options = {k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("seed", args.seed),
+                                 ("cache_dir", args.cache_dir)) if v is not None}
+    records = rank_training_images(ds.train, statistic=args.statistic, k=args.k, **options)
+    write_clean_list(records, args.out)
+    flagged = {r["path"] for r in records if r["flagged"]}
+    summary: dict[str, Any] = {"n_train": len(records), "n_flagged": len(flagged), "out": str(args.out)}
+    if moved:  # known contaminants: precision / recall of the flags
+        truth = {s.path for s in moved}
+        hits = len(flagged & truth)
+        summary |= {"n_contaminants": len(truth), "precision": hits / len(flagged) if flagged else None,
+                    "recall": hits / len(truth)}
+    _print_json(summary)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from generalad.demo import run_demo
 
@@ -267,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="output folder (default: from the YAML file)")
     bench.set_defaults(func=cmd_benchmark)
 
+    clean = sub.add_parser("clean", help="rank training images by InReaCh nominality and flag likely anomalies")
+    _add_data_args(clean)
+    clean.add_argument("--backbone")
+    clean.add_argument("--weights")
+    clean.add_argument("--seed", type=int)
+    clean.add_argument("--cache-dir")
+    clean.add_argument("--contaminate", type=int, help="move N anomalous test images into training first")
+    clean.add_argument("--statistic", default="any_mnn_fraction", help="channel statistic used for ranking")
+    clean.add_argument("--k", type=float, default=3.0, help="flag below median - k * MAD")
+    clean.add_argument("--out", required=True, help="LIST file of flagged paths (+ LIST.ranking.tsv)")
+    clean.set_defaults(func=cmd_clean)
+
     demo = sub.add_parser("demo", help="offline end-to-end run on generated data with bundled weights")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--model", default="all", help="patchcore | generalad | all")
@@ -275,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the environment and which weights are available")
     doctor.set_defaults(func=cmd_doctor)
 
-    for p in (fit, test, pred, speed, bench, demo):
+    for p in (fit, test, pred, speed, bench, demo, clean):
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

@@ -3,18 +3,21 @@
 Reference recipe (patchcore-inspection ``PatchCore._embed``), per layer l with C_l channels:
 unfold 3×3 neighbourhoods (stride 1, zero padding 1) → a C_l·9 vector per position (channel-major:
 index c·9 + tap); bilinear resize (align_corners=False) of every map to the first map's grid; adaptive 1-D
-average pooling of each vector to ``per_layer_dim``; stack the L layers → adaptive average pooling of the
-L·per_layer_dim vector to ``out_dim``.
+average pooling of each vector to ``per_layer_dim``; stack the L layers layer-major (``torch.stack(dim=1)``,
+so each layer feeds its own block of outputs) → adaptive average pooling of the L·per_layer_dim vector to
+``out_dim``.
 
 Every step after the unfold is linear: the two poolings act on channels only, the resize on space only,
 so they commute, and unfold + pool + pool collapses to one fixed linear map per layer from the C_l·9
-vector to the ``out_dim`` outputs that layer feeds (about out_dim / L of them). That map is a convolution
-with a 3×3 kernel whose weights are products of pooling fractions, and it is extremely sparse: each
-output row reads a contiguous run of the C_l·9 vector, i.e. only W ≈ 1-13 consecutive channels. It is
-evaluated as W depthwise 3×3 convolutions over gathered channels (no B×C·9×h×w unfold, no dense
-(R × C·9) conv). Measured on the dev CPU, per image: WRN-50 layer2+3 → 1024: 224 ms (reference) /
-57 ms (dense conv) / ~30-40 ms (depthwise); ViT-S 384@28×28 → 1024: 61 / 103 / 11 ms; InReaCh's 13 WRN
-blocks → 1024 at 56×56: 11 s / 420 / 30 ms. Results match the reference to ~3e-7.
+vector to the ``out_dim`` outputs that layer feeds (about out_dim / L of them). That map is a 3×3
+convolution whose weights are products of pooling fractions, and it is very sparse: each output row reads
+a contiguous run of the C_l·9 vector, i.e. only W ≈ 1-13 consecutive channels. It is evaluated as one
+grouped convolution over those gathered channel windows: no B×C·9×h×w unfold and no dense (R × C·9)
+kernel. The deeper maps are resized after this channel map, so only R ≈ out_dim / L channels are
+interpolated instead of C·9. Measured on the dev CPU (1 thread, ms per image; unfold + pool reference /
+dense conv of the same linear map / this): WRN-50 layer2+3 → 1024: 220 / 55 / 6.8; ViT-S 384@28² → 1024:
+26 / 55 / 10.8; → 384: 25 / 20 / 0.9; InReaCh's 13 WRN blocks at 56² → 1024: 6896 / 90 / 53. Results
+match the reference to ~3e-7 (tests: 1e-5).
 """
 
 from __future__ import annotations
@@ -40,23 +43,34 @@ __all__ = [
 ]
 
 
-def adaptive_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in) float64 matrix M with ``M @ v == adaptive_avg_pool1d(v, n_out)``.
-
-    Bin i covers [floor(i·n_in/n_out), ceil((i+1)·n_in/n_out)) — PyTorch's rule, so bins overlap when
-    n_out does not divide n_in and repeat entries when n_out > n_in.
-    """
+def _bins(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and length of each ``adaptive_avg_pool1d`` bin: bin i covers
+    [floor(i·n_in/n_out), ceil((i+1)·n_in/n_out)), so bins overlap when n_out does not divide n_in and
+    repeat entries when n_out > n_in (PyTorch's rule)."""
     i = torch.arange(n_out)
     lo = (i * n_in) // n_out
-    hi = ((i + 1) * n_in + n_out - 1) // n_out
-    j = torch.arange(n_in)
-    m = ((j >= lo[:, None]) & (j < hi[:, None])).to(torch.float64)
-    return m / (hi - lo)[:, None].to(torch.float64)
+    return lo, ((i + 1) * n_in + n_out - 1) // n_out - lo
+
+
+def _expand(start: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(owner, index) pairs enumerating the ranges [start[r], start[r] + size[r])."""
+    owner = torch.repeat_interleave(torch.arange(len(size)), size)
+    offset = torch.arange(int(size.sum())) - torch.repeat_interleave(size.cumsum(0) - size, size)
+    return owner, start[owner] + offset
+
+
+def adaptive_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """Dense (n_out, n_in) float64 M with ``M @ v == adaptive_avg_pool1d(v, n_out)`` (inspection, tests)."""
+    lo, size = _bins(n_in, n_out)
+    row, col = _expand(lo, size)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m[row, col] = 1.0 / size[row].to(torch.float64)
+    return m
 
 
 @dataclass(frozen=True)
 class _LayerPlan:
-    """One layer's share of the output: out[:, rows] += Σ_j dwconv(x[:, chan[:, j]], weight[:, j])."""
+    """One layer's share of the output: out[:, rows[r]] += Σ_j conv3x3(x[:, chan[r, j]], weight[r, j])."""
 
     rows: torch.Tensor  # (R,) output dims this layer contributes to
     chan: torch.Tensor  # (R, W) input channel read by output row r in its j-th window slot
@@ -67,34 +81,42 @@ class _LayerPlan:
 def _layer_plan(
     channels: int, kernel: int, layer: int, n_layers: int, per_layer_dim: int, out_dim: int, aggregate: str
 ) -> _LayerPlan:
+    """Compose (this layer's block of the second pool) ∘ (first pool) and lay it out as grouped-conv taps.
+
+    Every first-pool bin reads a contiguous run of the flattened (c, tap) vector with one weight, so the
+    composition is an enumeration of runs: no dense (out_dim × C·k²) matrix is ever built.
+    """
     taps = kernel * kernel
-    if aggregate == "unfold":  # pool the channel-major unfolded vector (c·taps + t)
-        first = adaptive_pool_matrix(channels * taps, per_layer_dim)
-    else:  # avgpool: 3×3 mean per channel (taps share 1/taps), then pool the C channels
-        first = adaptive_pool_matrix(channels, per_layer_dim).repeat_interleave(taps, dim=1) / taps
-    second = adaptive_pool_matrix(n_layers * per_layer_dim, out_dim)[:, layer * per_layer_dim : (layer + 1) * per_layer_dim]
-    comp = torch.sparse.mm(second.to_sparse(), first)  # (out_dim, C·taps); sparse @ dense keeps this cheap
-    rows = comp.abs().sum(1).nonzero().squeeze(1)
-    comp = comp[rows].view(len(rows), channels, taps)
-    used = comp.abs().sum(2) > 0  # (R, C)
-    lo = used.to(torch.int8).argmax(1)
-    hi = channels - 1 - used.flip(1).to(torch.int8).argmax(1)
+    lo1, size1 = _bins(channels * taps if aggregate == "unfold" else channels, per_layer_dim)
+    if aggregate != "unfold":  # avgpool: a bin of channels reads all taps of each (each tap 1/taps)
+        lo1, size1 = lo1 * taps, size1 * taps
+    lo2, size2 = _bins(n_layers * per_layer_dim, out_dim)
+    out_row, i = _expand(lo2, size2)
+    mine = (i >= layer * per_layer_dim) & (i < (layer + 1) * per_layer_dim)
+    out_row, i = out_row[mine], i[mine] - layer * per_layer_dim
+    w2 = 1.0 / size2[out_row].to(torch.float64)
+    k, j = _expand(lo1[i], size1[i])  # entry k of (out_row, i) reads flattened index j
+    key = out_row[k] * (channels * taps) + j
+    keys, inv = torch.unique(key, return_inverse=True)  # several (row, i) pairs may hit the same j
+    val = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inv, w2[k] / size1[i[k]].to(torch.float64))
+    rows, pos = torch.unique(keys // (channels * taps), return_inverse=True)
+    c, t = (keys % (channels * taps)) // taps, keys % taps
+    lo = torch.full((len(rows),), channels).scatter_reduce(0, pos, c, "amin")
+    hi = torch.zeros(len(rows), dtype=torch.long).scatter_reduce(0, pos, c, "amax")
     width = int((hi - lo).max()) + 1
-    chan = lo[:, None] + torch.arange(width)
-    slot_used = chan <= hi[:, None]
-    chan = chan.clamp(max=channels - 1)
-    weight = comp.gather(1, chan[:, :, None].expand(-1, -1, taps)) * slot_used[:, :, None]
+    weight = torch.zeros(len(rows), width, taps, dtype=torch.float64)
+    weight[pos, c - lo[pos], t] = val
+    chan = (lo[:, None] + torch.arange(width)).clamp(max=channels - 1)  # clamped slots carry zero weight
     return _LayerPlan(rows, chan, weight.to(torch.float32).view(len(rows), width, kernel, kernel))
 
 
 def _apply_plan(x: torch.Tensor, plan: _LayerPlan, kernel: int) -> torch.Tensor:
-    """(B, C, h, w) → (B, R, h, w): W depthwise convolutions over gathered channels, summed."""
-    r, width = plan.chan.shape
-    out = None
-    for j in range(width):
-        y = F.conv2d(x.index_select(1, plan.chan[:, j]), plan.weight[:, j : j + 1], padding=kernel // 2, groups=r)
-        out = y if out is None else out.add_(y)
-    return out
+    """(B, C, h, w) → (B, R, h, w): gather each row's channel window, then one grouped conv (a group per
+    output row, W input channels each). One op per layer on purpose: W separate depthwise convs were ~2x
+    faster on one quiet thread but up to 40x slower with 2 threads on a busy machine (measured), where
+    every small parallel op waits for a descheduled OpenMP thread."""
+    rows, _ = plan.chan.shape
+    return F.conv2d(x.index_select(1, plan.chan.reshape(-1)), plan.weight, padding=kernel // 2, groups=rows)
 
 
 def _check(maps: list[torch.Tensor], out_dim: int, kernel: int, per_layer_dim: int, aggregate: str) -> None:
