@@ -87,7 +87,8 @@ def bench_tradeoff(args: argparse.Namespace) -> None:
         sel = greedy_coreset(x, n=n, proj_dim=proj)
         wall = time.perf_counter() - t0
         rows[proj] = coverage(sel)
-        print(f"proj={proj}: {wall:.1f} s, coverage max/mean/p99 " + "/".join(f"{v:.3f}" for v in rows[proj]), flush=True)
+        stats = "/".join(f"{v:.3f}" for v in rows[proj])
+        print(f"proj={proj}: {wall:.1f} s, coverage max/mean/p99 {stats}", flush=True)
     rand = coverage(torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n])
     print("random subset: coverage max/mean/p99 " + "/".join(f"{v:.3f}" for v in rand))
     for proj, r in rows.items():
@@ -118,7 +119,10 @@ def bench_aggregate(args: argparse.Namespace) -> None:
         "WRN-50 layer2+3 (512@28², 1024@14²) -> 1024": ([(512, 28), (1024, 14)], 1024),
         "ViT-S/14 tokens (384@28²) -> 1024": ([(384, 28)], 1024),
         "ViT-S/14 tokens (384@28²) -> 384": ([(384, 28)], 384),
-        "InReaCh 13 WRN blocks (56², 28², 14²) -> 1024": ([(256, 56)] * 3 + [(512, 28)] * 4 + [(1024, 14)] * 6, 1024),
+        "InReaCh 13 WRN blocks (56², 28², 14²) -> 1024": (
+            [(256, 56)] * 3 + [(512, 28)] * 4 + [(1024, 14)] * 6,
+            1024,
+        ),
     }
     for name, (shapes, out_dim) in cases.items():
         maps = [torch.randn(args.batch, c, s, s).relu_() for c, s in shapes]
@@ -149,7 +153,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"coreset": bench_coreset, "tradeoff": bench_tradeoff, "knn": bench_knn, "aggregate": bench_aggregate}[args.what](args)
+    run = {"coreset": bench_coreset, "tradeoff": bench_tradeoff, "knn": bench_knn, "aggregate": bench_aggregate}
+    run[args.what](args)
 
 
 if __name__ == "__main__":

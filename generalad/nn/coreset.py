@@ -4,23 +4,26 @@ Greedy k-center (Gonzalez): start from one point, then repeatedly add the point 
 set, keeping for every point its squared distance to the nearest selected point (``mind``). PatchCore runs
 it on a seeded Gaussian random projection of the patch features (~128 dims).
 
-Why it is written the way it is (measured on the 2-core AMD EPYC dev machine, M = 548,800, d = 128):
+Why it is written the way it is (measured on the 2-core AMD EPYC dev machine; ViT-S/14 patch tokens of
+the 700 magnetic-tile training images, M = 548,800, D = 384, 10 % = 54,880 selections; see
+benchmarks/bench_coreset.py):
 
-* The textbook loop reads the whole (M, d) matrix once per selection: ~25 ms at best (memory-bound;
-  ``torch.mv`` goes through MKL, which is 4-5x slower than that on this AMD CPU), i.e. >20 min for 55k
-  selections. Gathering rows of a torch allocation is also slow: torch does not ask for transparent huge
-  pages, so random row access pays a TLB walk per row (1.2 µs/row vs 0.09 µs with numpy's huge pages).
-* ``method="pruned"`` (default) gives the same selection 5-10x faster. The projected points are centred
-  and rotated onto their principal axes (an orthogonal map: distances unchanged). The distance in the
-  first ``head_dim`` coordinates is a lower bound of the full distance, so a point whose head distance to
-  the new center is already >= its ``mind`` cannot change and is skipped. Real patch features are
-  strongly anisotropic (the top 8 of 128 axes hold ~80 % of the variance), so only ~0.2-3 % of the points
-  survive the bound; their exact distances are computed by index. Per selection that is one scan of a
-  (M, 8) array instead of (M, 128).
-* The inner kernels are faiss' SIMD distance routines (exact differences, no ‖a‖²-2ab+‖b‖² cancellation)
-  on numpy arrays (huge pages); without faiss a numpy/torch fallback does the same work more slowly.
-  The loop is single-threaded on purpose: a selection is ~1-2 ms of latency-bound work, too small to
-  split, and the machine is shared.
+* The textbook loop (``method="dense"``) reads the whole (M, d) matrix once per selection: 15 ms at
+  d = 128 with faiss' SIMD kernel, i.e. ~820 s for 10 % (~350 s at d = 64). ``torch.mv`` is worse: it goes
+  through MKL, which is 4-5x slower than a plain streaming read on this AMD CPU.
+* ``method="pruned"`` (default) gives the same selection in 97 s (d = 128) / 75 s (d = 64). The projected
+  points are centred and rotated onto their principal axes (orthogonal: distances unchanged). The
+  distance in the first ``head_dim`` coordinates is a lower bound of the full distance, so a point whose
+  head distance to the new center is already >= its ``mind`` cannot change and is skipped. Real patch
+  features are strongly anisotropic (the top 8 of 128 axes hold ~80 % of the variance), so only ~0.2-5 %
+  of the points survive the bound; their exact distances are computed by index. Per selection that is one
+  scan of an (M, 8) array instead of (M, 128). Without such structure (isotropic noise) the bound prunes
+  nothing and the loop costs ~13 % more than the dense one.
+* The kernels are faiss' SIMD distance routines (explicit differences, no ‖a‖² − 2ab + ‖b‖²
+  cancellation) on numpy arrays: numpy asks the kernel for transparent huge pages, torch does not, and
+  random row gathers from a torch allocation paid a TLB walk per row (1.2 µs vs 0.09 µs per row).
+  Without faiss, numpy kernels do the same work more slowly. The loop is single-threaded on purpose: a
+  selection is ~1-2 ms of latency-bound work, too small to split across threads.
 
 Both methods agree with a naive float64 loop up to fp32 rounding (near-ties may resolve differently).
 """
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 
 from generalad.errors import ConfigError
+from generalad.nn.knn import NearestNeighbours
 
 try:  # faiss is a declared dependency; the fallback keeps the module importable without it
     import faiss
@@ -65,17 +69,11 @@ def random_projection(
     return out
 
 
-def coverage_radius(x: torch.Tensor | np.ndarray, centers: torch.Tensor, *, chunk: int = 8192) -> float:
-    """max_i min_j |x_i - x[centers_j]| (Euclidean) over the rows of ``x``, computed exactly in chunks."""
-    x = _as_2d(x).to(torch.float32)
-    c = x[torch.as_tensor(centers, dtype=torch.long)]
-    c_sq = (c * c).sum(1)
-    worst = 0.0
-    for s in range(0, x.shape[0], chunk):
-        q = x[s : s + chunk]
-        d2 = torch.addmm(c_sq, q, c.T, alpha=-2.0) + (q * q).sum(1, keepdim=True)
-        worst = max(worst, float(d2.min(1).values.clamp_min(0).max()))
-    return math.sqrt(worst)
+def coverage_radius(x: torch.Tensor | np.ndarray, centers: torch.Tensor) -> float:
+    """max_i min_j |x_i - x[centers_j]| (Euclidean) over the rows of ``x``: what greedy k-center minimises."""
+    x = _as_2d(x)
+    dist, _ = NearestNeighbours(x[torch.as_tensor(centers, dtype=torch.long)]).search(x)
+    return float(dist.max())
 
 
 def greedy_coreset(

@@ -52,13 +52,15 @@ class NearestNeighbours:
         if backend not in ("auto", "faiss", "torch"):
             raise ConfigError(f"nearest neighbours: unknown backend {backend!r} (expected auto, faiss or torch)")
         if backend == "faiss" and faiss is None:
-            raise ConfigError("nearest neighbours: backend 'faiss' requested but faiss is not installed (pip install faiss-cpu)")
+            raise ConfigError("nearest neighbours: backend 'faiss' needs faiss (pip install faiss-cpu)")
         if chunk < 1:
             raise ConfigError(f"nearest neighbours: chunk must be >= 1, got {chunk}")
         self.bank = _as_f32(bank, "bank")
         if self.bank.shape[0] == 0:
             raise ConfigError("nearest neighbours: the bank is empty")
-        self.backend = "faiss" if backend == "auto" and faiss is not None else ("torch" if backend == "auto" else backend)
+        if backend == "auto":
+            backend = "faiss" if faiss is not None else "torch"
+        self.backend = backend
         self.chunk = int(chunk)
         if self.backend == "faiss":
             self._index = faiss.IndexFlatL2(self.bank.shape[1])

@@ -91,7 +91,9 @@ def _layer_plan(
     if aggregate != "unfold":  # avgpool: a bin of channels reads all taps of each (each tap 1/taps)
         lo1, size1 = lo1 * taps, size1 * taps
     lo2, size2 = _bins(n_layers * per_layer_dim, out_dim)
-    out_row, i = _expand(lo2, size2)
+    touch = ((lo2 + size2 > layer * per_layer_dim) & (lo2 < (layer + 1) * per_layer_dim)).nonzero().squeeze(1)
+    out_row, i = _expand(lo2[touch], size2[touch])  # only the output rows that read this layer's block
+    out_row = touch[out_row]
     mine = (i >= layer * per_layer_dim) & (i < (layer + 1) * per_layer_dim)
     out_row, i = out_row[mine], i[mine] - layer * per_layer_dim
     w2 = 1.0 / size2[out_row].to(torch.float64)

@@ -86,7 +86,8 @@ def test_real_patches_cover_better_than_random(magnetic_tile_dir):
     assert sel.unique().numel() == n
     _assert_greedy(x.numpy(), sel, rtol=1e-4)
     greedy_r = coverage_radius(x, sel)
-    rand_r = [coverage_radius(x, torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:n]) for s in range(3)]
+    rand_r = [coverage_radius(x, torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:n])
+              for s in range(3)]
     assert greedy_r <= min(rand_r)
     # with the default projection the radius in the original space stays close to exact selection's
     projected = greedy_coreset(x, n=n, proj_dim=32, seed=0)
