@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT.parent / "shared").resolve()
@@ -36,3 +37,13 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def vits14_weights() -> Path:
     return _need(VITS14_WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: a second intra-op thread only adds barrier waits on a shared, oversubscribed box
+    (measured 10x slower there); results are identical either way."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -30,14 +30,7 @@ P, D = 16, 16
 TINY = dict(hidden=32, heads=2, precision="fp32")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: a second intra-op thread only adds barrier waits on a shared, oversubscribed box
-    # (measured 10x slower there); results are identical either way.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def normal_features(n: int, seed: int = 0) -> torch.Tensor:

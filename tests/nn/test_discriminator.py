@@ -10,14 +10,7 @@ from generalad.errors import InputError
 from generalad.nn.discriminator import Discriminator, resample_positions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: a second intra-op thread only adds barrier waits on a shared, oversubscribed box
-    # (measured 10x slower there); results are identical either way.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _count(model: torch.nn.Module) -> int:

@@ -24,14 +24,7 @@ from generalad.nn.distortions import (
 B, N, D, H = 512, 12, 6, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: a second intra-op thread only adds barrier waits on a shared, oversubscribed box
-    # (measured 10x slower there); results are identical either way.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
