@@ -157,13 +157,17 @@ def noise_all(features: torch.Tensor, sigma: float = 0.25, *, generator: torch.G
     return features + _gaussian(features, sigma, generator), labels
 
 
+def _noise_where(features: torch.Tensor, mask: torch.Tensor, sigma: float, generator: torch.Generator) -> Result:
+    """Gaussian noise on the masked patches only (labels = the mask)."""
+    noise = _gaussian(features, sigma, generator)
+    return features + noise * mask.unsqueeze(-1).to(features.dtype), mask
+
+
 def noise_random_subset(features: torch.Tensor, sigma: float = 0.25, *, generator: torch.Generator) -> Result:
     """Noise on k_b ~ U{1..N} uniformly chosen patches per image (``random``; ignores any k cap)."""
     b, n, _ = features.shape
     k = _uniform_int(1, n, b, generator, features.device)
-    mask = _random_subset(b, n, k, generator, features.device)
-    noise = _gaussian(features, sigma, generator)
-    return features + noise * mask.unsqueeze(-1).to(features.dtype), mask
+    return _noise_where(features, _random_subset(b, n, k, generator, features.device), sigma, generator)
 
 
 def attention_shuffle(
@@ -209,9 +213,7 @@ def attention_noise(
     attn = _check_attention(features, attn, "attn_noise")
     b, n, _ = features.shape
     k = _uniform_int(1, n, b, generator, features.device)
-    mask = _top_attended(attn, k, generator)
-    noise = _gaussian(features, sigma, generator)
-    return features + noise * mask.unsqueeze(-1).to(features.dtype), mask
+    return _noise_where(features, _top_attended(attn, k, generator), sigma, generator)
 
 
 def copy_out(
