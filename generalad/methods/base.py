@@ -12,7 +12,6 @@ method only implements three things on *features*:
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -330,7 +329,3 @@ def load_model(directory: str | Path, *, weights: str | None = None) -> AnomalyM
         raise InputError(f"model directory has no {STATE_FILE}: {directory}")
     tensors, _ = load_safetensors(state_path)
     return get_method(meta["model"])._from_meta(meta, tensors, weights=weights)
-
-
-def finite_or_none(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)

@@ -12,21 +12,15 @@ import torch.nn.functional as F
 
 from generalad.errors import ConfigError
 
-try:  # faiss is a dependency, but keep the pure-torch path importable without it
-    import faiss  # type: ignore
-except ImportError:  # pragma: no cover - exercised only where faiss is missing
-    faiss = None
+from generalad.nn.knn import NearestNeighbours
 
 BACKENDS = ("auto", "faiss", "torch")
 
 
 class NearestBank:
-    """Exact nearest-neighbour index over a bank (M, D).
-
-    backend "faiss" uses IndexFlatL2 (exact, multithreaded BLAS); "torch" computes chunked
-    ‖q‖² + ‖b‖² − 2qb with at most ``block_mb`` per (queries × bank) block; "auto" = faiss when
-    importable. Build once, call ``search`` per test image.
-    """
+    """Exact squared-L2 1-NN over an InReaCh bank (M, D): the shared :class:`NearestNeighbours` index
+    (faiss IndexFlatL2, or chunked torch) with InReaCh's conventions — squared distances, k = 1, and a
+    query chunk sized so one (queries × bank) block stays within ``block_mb``."""
 
     def __init__(self, bank: torch.Tensor | np.ndarray, *, backend: str = "auto", block_mb: float = 128.0):
         if backend not in BACKENDS:
@@ -34,18 +28,10 @@ class NearestBank:
         b = torch.as_tensor(bank).float().cpu().contiguous()
         if b.ndim != 2 or b.shape[0] == 0:
             raise ConfigError(f"InReaCh bank must be a non-empty (M, D) array, got {tuple(b.shape)}")
-        self.dim = int(b.shape[1])
-        self.size = int(b.shape[0])
-        self.block_mb = block_mb
-        self.backend = ("faiss" if faiss is not None else "torch") if backend == "auto" else backend
-        if self.backend == "faiss":
-            if faiss is None:
-                raise ConfigError("backend 'faiss' requested but faiss is not installed (pip install faiss-cpu)")
-            self._index = faiss.IndexFlatL2(self.dim)
-            self._index.add(b.numpy())
-        else:
-            self._bank = b
-            self._bank_sq = (b * b).sum(1)
+        self.dim, self.size = int(b.shape[1]), int(b.shape[0])
+        chunk = max(1, int(block_mb * 2**20 // (4 * self.size)))
+        self._index = NearestNeighbours(b, backend=backend, chunk=chunk)
+        self.backend = self._index.backend
 
     def search(self, queries: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries (Q, D) → (squared L2 to the nearest bank vector (Q,) fp32, its index (Q,) int64)."""
@@ -54,22 +40,8 @@ class NearestBank:
             raise ConfigError(f"queries must be (Q, {self.dim}), got {tuple(q.shape)}")
         if q.shape[0] == 0:
             return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-        if self.backend == "faiss":
-            d2, idx = self._index.search(q.numpy(), 1)
-            return torch.from_numpy(d2[:, 0]).clamp_(min=0.0), torch.from_numpy(idx[:, 0]).long()
-        return self._search_torch(q)
-
-    def _search_torch(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = max(1, int(self.block_mb * 2**20 // (4 * self.size)))
-        d_out = torch.empty(q.shape[0])
-        i_out = torch.empty(q.shape[0], dtype=torch.long)
-        for a in range(0, q.shape[0], rows):
-            qc = q[a : a + rows]
-            d2 = torch.addmm(self._bank_sq[None, :], qc, self._bank.T, alpha=-2.0)  # ‖b‖² − 2qb
-            dmin, imin = d2.min(dim=1)
-            d_out[a : a + rows] = (dmin + (qc * qc).sum(1)).clamp_(min=0.0)
-            i_out[a : a + rows] = imin
-        return d_out, i_out
+        d2, idx = self._index.search(q, k=1, squared=True)
+        return torch.as_tensor(d2)[:, 0].float().clamp_(min=0.0), torch.as_tensor(idx)[:, 0].long()
 
 
 def nearest_distances(
