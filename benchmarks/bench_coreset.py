@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--isotropic", action="store_true", help="synthetic isotropic noise (pruning worst case)")
     ap.add_argument("--proj", nargs="+", type=int, default=[128, 64])
     ap.add_argument("--ratio", type=float, default=0.1)
-    ap.add_argument("--method", default="pruned", choices=["pruned", "dense"])
+    ap.add_argument("--method", default="lazy", choices=["lazy", "dense"])
     ap.add_argument("--subsample", type=int, default=10, help="tradeoff: keep every n-th feature row")
     ap.add_argument("--save", help="coreset: save selections to PREFIX_projN.npy")
     ap.add_argument("--bank", type=int, default=55_000)

@@ -2,37 +2,32 @@
 
 Greedy k-center (Gonzalez): start from one point, then repeatedly add the point farthest from the selected
 set, keeping for every point its squared distance to the nearest selected point (``mind``). PatchCore runs
-it on a seeded Gaussian random projection of the patch features (~128 dims).
+it on a seeded Gaussian random projection of the patch features (128 dims).
 
-Why it is written the way it is (measured on the 2-core AMD EPYC dev machine; ViT-S/14 patch tokens of
-the 700 magnetic-tile training images, M = 548,800, D = 384, 10 % = 54,880 selections; see
-benchmarks/bench_coreset.py):
+Why it is written the way it is (2-core AMD EPYC dev machine; EfficientNet-Lite0 locally aware patches of
+the 630 magnetic-tile training images, M = 493,920 projected to d = 128, 10 % = 49,392 selections):
 
-* The textbook loop (``method="dense"``) reads the whole (M, d) matrix once per selection: 15 ms at
-  d = 128 with faiss' SIMD kernel, i.e. ~820 s for 10 % (~350 s at d = 64). ``torch.mv`` is worse: it goes
-  through MKL, which is 4-5x slower than a plain streaming read on this AMD CPU.
-* ``method="pruned"`` (default) gives the same selection in 97 s (d = 128) / 75 s (d = 64). The projected
-  points are centred and rotated onto their principal axes (orthogonal: distances unchanged). The
-  distance in the first ``head_dim`` coordinates is a lower bound of the full distance, so a point whose
-  head distance to the new center is already >= its ``mind`` cannot change and is skipped. Real patch
-  features are strongly anisotropic (the top 8 of 128 axes hold ~80 % of the variance), so only ~0.2-5 %
-  of the points survive the bound; their exact distances are computed by index. Per selection that is one
-  scan of an (M, 8) array instead of (M, 128). Without such structure (isotropic noise) the bound prunes
-  nothing and the loop costs ~13 % more than the dense one.
-* The kernels are faiss' SIMD distance routines (explicit differences, no ‖a‖² − 2ab + ‖b‖²
-  cancellation) on numpy arrays: numpy asks the kernel for transparent huge pages, torch does not, and
-  random row gathers from a torch allocation paid a TLB walk per row (1.2 µs vs 0.09 µs per row).
-  Without faiss, numpy kernels do the same work more slowly. The loop is single-threaded on purpose: a
-  selection is ~1-2 ms of latency-bound work, too small to split across threads.
+* The textbook loop (``method="dense"``) reads the whole (M, d) matrix once per selection. That is a
+  memory-bound matrix-vector product: ~10 ms per selection, ~520 s for 10 %. Lower-bound pruning (principal
+  axes, k-means cells with the triangle inequality) skipped nothing on these features: in 128 dims every
+  cell lies within the coverage radius of the new centre until the very end.
+* ``method="lazy"`` (default) gives the same greedy selection in 60 s. Between two refreshes ``mind`` is
+  stale: it ignores the last few centres, so it is an *upper bound* of the true value. The next centre
+  is taken among the ``candidates`` points with the largest stale values, whose exact values are kept up to
+  date against each new centre (explicit differences, a (T, d) array). A candidate whose exact value is at
+  least the largest stale value outside the candidate list is provably the farthest point, so it is picked
+  without touching the other M points. After ``batch`` picks (or when no candidate can be proven farthest)
+  all of ``mind`` is refreshed at once against the pending centres with one matrix-matrix product per
+  chunk (‖x‖² − 2x·q + ‖q‖², compute-bound and multi-threaded instead of memory-bound).
 
-Both methods agree with a naive float64 loop up to fp32 rounding (near-ties may resolve differently).
+Both methods agree with a naive float64 loop up to fp32 rounding: a near-tie may resolve differently, every
+pick is still a farthest point (tests/nn/test_coreset.py checks that pick by pick).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -84,9 +79,10 @@ def greedy_coreset(
     proj_dim: int | None = 128,
     seed: int = 0,
     start: int | None = None,
-    method: str = "pruned",
-    head_dim: int = 8,
-    chunk: int = 65536,
+    method: str = "lazy",
+    batch: int = 128,
+    candidates: int = 1024,
+    chunk: int = 32768,
     use_faiss: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
@@ -95,30 +91,29 @@ def greedy_coreset(
     x: (M, D) features, any float dtype. ``n`` overrides ``ratio`` (fraction of M, rounded, at least 1).
     proj_dim: seeded Gaussian projection before selection (None/0: select on the raw features).
     seed: seeds the projection and, when ``start`` is None, the random first point.
-    method: "pruned" (exact, lower-bound pruning, default) or "dense" (exact, textbook loop).
-    head_dim: principal axes used for the pruning bound (8 hits faiss' specialised kernel).
-    chunk: rows per projection/rotation matmul. use_faiss: False forces the numpy fallback kernels.
-    progress: optional callback(done, total), called every 1024 selections.
+    method: "lazy" (exact, batched refreshes, default) or "dense" (exact, textbook loop).
+    batch / candidates: lazy method's most picks between refreshes and size of its candidate list.
+    chunk: rows per matmul. use_faiss: dense method only; False forces the numpy kernel.
+    progress: optional callback(done, total), called every 1024 selections and at the end.
     Selected points are never re-selected: once every distinct point is covered, remaining picks are
     unselected duplicates (distance 0), so the result always holds ``n`` unique indices.
     """
-    if method not in ("pruned", "dense"):
-        raise ConfigError(f"coreset: unknown method {method!r} (expected 'pruned' or 'dense')")
+    if method not in ("lazy", "dense"):
+        raise ConfigError(f"coreset: unknown method {method!r} (expected 'lazy' or 'dense')")
+    if batch < 1 or candidates < 1:
+        raise ConfigError(f"coreset: batch and candidates must be >= 1, got {batch} and {candidates}")
     z = random_projection(x, proj_dim, seed=seed, chunk=chunk)
-    m, d = z.shape
+    m = z.shape[0]
     k = _count(m, ratio, n)
     if start is None:
         start = int(torch.randint(m, (1,), generator=torch.Generator().manual_seed(int(seed) + 1)))
     if not 0 <= start < m:
         raise ConfigError(f"coreset: start must be in [0, {m}), got {start}")
-    pts = _principal_axes(z, chunk)
-    del z
-    kern = _Kernels(use_faiss)
-    with kern.single_threaded():
-        if method == "dense" or head_dim >= d:
-            sel = _greedy_dense(pts, k, start, kern, progress)
-        else:
-            sel = _greedy_pruned(pts, k, start, max(1, head_dim), kern, progress)
+    z = z - z.mean(0)  # centring shrinks the norms, so the ‖x‖² − 2x·q + ‖q‖² refresh cancels less
+    if method == "dense":
+        sel = _greedy_dense(z.numpy(), k, start, _Kernels(use_faiss), progress)
+    else:
+        sel = _LazyGreedy(z, chunk).run(k, start, batch, candidates, progress)
     return torch.from_numpy(sel)
 
 
@@ -141,47 +136,11 @@ def _count(m: int, ratio: float | None, n: int | None) -> int:
     return int(n)
 
 
-def _principal_axes(z: torch.Tensor, chunk: int) -> np.ndarray:
-    """Centre and rotate onto the principal axes (descending variance) into a numpy (huge-page) array.
-
-    Centring shrinks the coordinates (less fp32 rounding); the rotation puts most of the variance in the
-    leading coordinates, which is what makes the head lower bound tight. Both preserve distances.
-    """
-    m, d = z.shape
-    mu = z.mean(0, dtype=torch.float64)
-    cov = torch.zeros(d, d, dtype=torch.float64)
-    for s in range(0, m, chunk):
-        c = z[s : s + chunk].double() - mu
-        cov += c.T @ c
-    _, vec = torch.linalg.eigh(cov)
-    rot = vec.flip(1).to(torch.float32)
-    mu32 = mu.to(torch.float32)
-    out = np.empty((m, d), dtype=np.float32)  # numpy madvises huge pages for big buffers; torch does not
-    out_t = torch.from_numpy(out)
-    for s in range(0, m, chunk):
-        torch.mm(z[s : s + chunk] - mu32, rot, out=out_t[s : s + chunk])
-    return out
-
-
 class _Kernels:
     """Squared-L2 kernels: faiss SIMD routines, or numpy equivalents when faiss is unavailable."""
 
     def __init__(self, use_faiss: bool) -> None:
         self.faiss = use_faiss and faiss is not None
-
-    @contextlib.contextmanager
-    def single_threaded(self) -> Iterator[None]:
-        """faiss opens an OpenMP region in ``fvec_L2sqr_by_idx``; on a busy 2-core machine its start-up
-        and barrier cost ~4-8 ms per call (measured), far more than the work, so run it on one thread."""
-        if not self.faiss:
-            yield
-            return
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            yield
-        finally:
-            faiss.omp_set_num_threads(before)
 
     def to_all(self, out: np.ndarray, q: np.ndarray, pts: np.ndarray) -> None:
         """out[i] = |pts[i] - q|²."""
@@ -191,17 +150,6 @@ class _Kernels:
             for s in range(0, pts.shape[0], 32768):  # chunked: no (M, d) temporary
                 diff = pts[s : s + 32768] - q
                 np.einsum("ij,ij->i", diff, diff, out=out[s : s + 32768])
-
-    def to_rows(self, out: np.ndarray, q: np.ndarray, pts: np.ndarray, rows: np.ndarray) -> None:
-        """out[j] = |pts[rows[j]] - q|² (rows int64)."""
-        if self.faiss:
-            faiss.fvec_L2sqr_by_idx(
-                faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(pts), faiss.swig_ptr(rows),
-                pts.shape[1], 1, rows.size,
-            )
-        else:
-            diff = pts[rows] - q
-            np.einsum("ij,ij->i", diff, diff, out=out[: rows.size])
 
 
 def _report(progress: Callable[[int, int], None] | None, i: int, k: int) -> None:
@@ -228,35 +176,49 @@ def _greedy_dense(
     return sel
 
 
-def _greedy_pruned(
-    pts: np.ndarray,
-    k: int,
-    start: int,
-    head_dim: int,
-    kern: _Kernels,
-    progress: Callable[[int, int], None] | None,
-) -> np.ndarray:
-    """Greedy k-center where the head-coordinate lower bound skips points that cannot change."""
-    m = pts.shape[0]
-    head = np.ascontiguousarray(pts[:, :head_dim])
-    mind = np.full(m, np.inf, dtype=np.float32)
-    bound = np.empty(m, dtype=np.float32)
-    live = np.empty(m, dtype=bool)
-    dist = np.empty(m, dtype=np.float32)
-    sel = np.empty(k, dtype=np.int64)
-    idx = start
-    for i in range(k):
-        sel[i] = idx
-        kern.to_all(bound, head[idx], head)
-        np.less(bound, mind, out=live)  # head distance >= mind: the full distance is too, skip
-        rows = np.flatnonzero(live)
-        if rows.size * 2 > m:  # early selections touch most points: one full scan is cheaper
-            kern.to_all(dist, pts[idx], pts)
-            np.minimum(mind, dist, out=mind)
-        elif rows.size:
-            kern.to_rows(dist, pts[idx], pts, rows)
-            mind[rows] = np.minimum(mind[rows], dist[: rows.size])
-        mind[idx] = -1.0  # never pick a selected point again
-        idx = int(mind.argmax())
-        _report(progress, i + 1, k)
-    return sel
+class _LazyGreedy:
+    """Greedy k-center with a stale (upper-bound) ``mind`` refreshed in batches; see the module docstring."""
+
+    def __init__(self, pts: torch.Tensor, chunk: int) -> None:
+        self.pts = pts
+        self.sq = (pts * pts).sum(1)
+        self.mind = torch.full((pts.shape[0],), float("inf"))
+        self.chunk = chunk
+
+    def refresh(self, centres: list[int]) -> None:
+        """mind = min(mind, |x - q|²) over the pending centres q; selected points get -1 (never re-picked)."""
+        q = self.pts[centres]
+        qq = (q * q).sum(1).unsqueeze(0)
+        for s in range(0, self.pts.shape[0], self.chunk):
+            d2 = torch.addmm(qq, self.pts[s : s + self.chunk], q.T, alpha=-2.0)
+            d2 += self.sq[s : s + self.chunk].unsqueeze(1)
+            part = self.mind[s : s + self.chunk]
+            torch.minimum(part, d2.amin(1).clamp_min_(0.0), out=part)
+        self.mind[centres] = -1.0
+
+    def run(
+        self, k: int, start: int, batch: int, candidates: int, progress: Callable[[int, int], None] | None
+    ) -> np.ndarray:
+        t = min(candidates, self.pts.shape[0] - 1)
+        sel = np.empty(k, dtype=np.int64)
+        sel[0], done, pending = start, 1, [start]
+        while done < k:
+            self.refresh(pending)
+            pending = []
+            top = torch.topk(self.mind, t + 1)  # t >= 1 here: k <= m and a second pick is due
+            bar = float(top.values[t])  # no point outside the list has a (stale) value above this
+            idx, exact = top.indices[:t], top.values[:t].clone()
+            cand = self.pts[idx]
+            while done < k and len(pending) < batch:
+                j = int(exact.argmax())
+                if float(exact[j]) < bar:  # cannot prove this one farthest without a refresh
+                    break
+                pick = int(idx[j])
+                sel[done], done = pick, done + 1
+                pending.append(pick)
+                torch.minimum(exact, ((cand - self.pts[pick]) ** 2).sum(1), out=exact)
+                exact[j] = -1.0
+                if done % 1024 == 0:
+                    _report(progress, done, k)
+        _report(progress, k, k)
+        return sel

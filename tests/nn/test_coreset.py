@@ -51,8 +51,7 @@ def _pixel_patches(root: Path, n_images: int = 24, size: int = 96, p: int = 8) -
     return torch.from_numpy(np.concatenate(rows))
 
 
-@pytest.mark.parametrize("method", ["pruned", "dense"])
-@pytest.mark.parametrize("use_faiss", [True, False])
+@pytest.mark.parametrize("method, use_faiss", [("lazy", True), ("dense", True), ("dense", False)])
 def test_equals_naive_reference(method, use_faiss):
     x = _anisotropic(1500, 40, seed=0)
     sel = greedy_coreset(x, n=150, proj_dim=16, seed=3, start=7, method=method, use_faiss=use_faiss)
@@ -61,22 +60,37 @@ def test_equals_naive_reference(method, use_faiss):
     assert sel.tolist() == _naive(z, 150, 7)
 
 
-def test_pruned_equals_dense_at_scale():
+@pytest.mark.parametrize("batch, candidates", [(128, 1024), (1, 1), (7, 3), (512, 20000)])
+def test_lazy_equals_dense_at_scale(batch, candidates):
+    """Every batch/candidate setting gives the textbook selection, from one pick per refresh to huge lists."""
     x = _anisotropic(30000, 64, seed=1)
-    pruned = greedy_coreset(x, ratio=0.05, proj_dim=32, seed=0)
+    lazy = greedy_coreset(x, ratio=0.05, proj_dim=32, seed=0, batch=batch, candidates=candidates)
     dense = greedy_coreset(x, ratio=0.05, proj_dim=32, seed=0, method="dense")
-    assert len(pruned) == 1500
-    agree = (pruned == dense).float().mean().item()
+    assert len(lazy) == 1500 and lazy.unique().numel() == 1500
+    agree = (lazy == dense).float().mean().item()
     if agree < 1.0:  # a near-tie may resolve differently in fp32; then every pick must still be greedy
-        _assert_greedy(random_projection(x, 32, seed=0).numpy(), pruned)
+        _assert_greedy(random_projection(x, 32, seed=0).numpy(), lazy)
     assert agree > 0.5
 
 
 def test_isotropic_data_still_exact():
-    """No low-dimensional structure: the bound prunes little and the loop falls back to full scans."""
+    """No low-dimensional structure (the worst case for any pruning): still the greedy selection."""
     x = torch.randn(3000, 32, generator=torch.Generator().manual_seed(5))
     sel = greedy_coreset(x, n=300, proj_dim=None, seed=0)
     _assert_greedy(x.numpy(), sel)
+
+
+def test_input_is_not_modified():
+    x = _anisotropic(500, 16, seed=4) + 3.0
+    before = x.clone()
+    greedy_coreset(x, n=50, proj_dim=None)
+    assert torch.equal(x, before)
+
+
+def test_whole_set_selects_every_point_once():
+    x = _anisotropic(300, 8, seed=6)
+    sel = greedy_coreset(x, ratio=1.0, proj_dim=None, candidates=16, batch=5)
+    assert sorted(sel.tolist()) == list(range(300))
 
 
 def test_real_patches_cover_better_than_random(magnetic_tile_dir):
@@ -129,6 +143,7 @@ def test_low_precision_input_and_ratio_rounding():
         (torch.zeros(10, 4), {"n": 11}),
         (torch.zeros(10, 4), {"start": 10}),
         (torch.zeros(10, 4), {"method": "fast"}),
+        (torch.zeros(10, 4), {"batch": 0}),
     ],
 )
 def test_bad_input_is_config_error(x, kwargs):

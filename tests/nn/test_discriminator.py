@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from generalad.errors import InputError
-from generalad.nn.discriminator import Discriminator, resample_positions
+from generalad.nn.discriminator import Discriminator, Dropout, dropout, resample_positions
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -36,7 +36,7 @@ def test_parts_and_init() -> None:
     model = Discriminator(64, (16, 16), num_heads=4, hidden=128, dropout=0.1)
     assert model.head.bias is None and model.head.out_features == 1
     assert model.attn.batch_first and model.attn.num_heads == 4 and model.attn.dropout == 0.1
-    assert [type(m) for m in model.mlp] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Dropout, torch.nn.Linear]
+    assert [type(m) for m in model.mlp] == [torch.nn.Linear, torch.nn.GELU, Dropout, torch.nn.Linear]
     assert model.mlp[0].out_features == 128
     # N(0, 1) positional table, not the 0.02 of ViTs.
     assert abs(model.pos_embed.std().item() - 1.0) < 0.05
@@ -61,7 +61,7 @@ def test_forward_matches_hand_written_block() -> None:
 
 
 def test_attention_called_without_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = Discriminator(16, (2, 2), num_heads=2, hidden=8)
+    model = Discriminator(16, (2, 2), num_heads=2, hidden=8).eval()  # inference: the fused kernel
     seen = {}
     original = model.attn.forward
 
@@ -85,6 +85,33 @@ def test_dropout_only_in_train_mode_and_fp16_input() -> None:
     out16 = model(x.half())
     assert out16.dtype == torch.float32
     torch.testing.assert_close(out16, model(x.half().float()))
+
+
+def test_training_attention_equals_fused_kernel_without_drops() -> None:
+    """The written-out training attention is the fused eval attention when nothing is dropped."""
+    torch.manual_seed(0)
+    model = Discriminator(32, (4, 4), num_heads=4, hidden=64, dropout=1e-9)  # p rounds to 0: no drops
+    x = torch.randn(3, 16, 32)
+    train_out = model.train()._attention(x)
+    torch.testing.assert_close(train_out, model.eval()._attention(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_rate_scale_and_reproducibility(p: float) -> None:
+    x = torch.ones(400_000)
+    torch.manual_seed(3)
+    y = dropout(x, p)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 0.003  # binomial std at 400k draws is < 0.001
+    assert torch.allclose(y[y != 0], torch.tensor(1 / (1 - round(p * 65536) / 65536)))
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, p), y)
+    assert dropout(x, p, training=False) is x
+    # odd sizes, bf16 and gradients flow only through kept entries
+    z = torch.randn(7, 5, requires_grad=True)
+    dropout(z.bfloat16(), 0.3).float().sum().backward()
+    g = z.grad
+    assert g.shape == (7, 5) and bool(((g == 0) | ((g - 1 / 0.7).abs() < 0.02)).all())
 
 
 def test_wrong_patch_count_is_a_clear_error() -> None:
