@@ -6,6 +6,7 @@ YAML shape (relative paths are taken from the current directory)::
     eval_size: 256                 # or "native"
     seeds: [0]                     # several → mean ± std
     shots: [null]                  # few-shot table: [1, 2, 4, 8]
+    shots_mode: random             # or "window": GeneralAD's parity subset (sorted indices seed … seed+shots-1)
     contaminate: 0                 # leak-free contamination (anomalous test images moved into training)
     models:
       - {name: patchcore, label: PatchCore, options: {backbone: efficientnet_lite0}}
@@ -13,8 +14,14 @@ YAML shape (relative paths are taken from the current directory)::
     datasets:
       - {name: mvtec, root: ../shared/data/mvtec_bottle_subset, categories: [bottle]}
       - {name: mnist, root: ../shared/data/mnist_subset, normal_classes: [0, 1], options: {preset: semantic}}
+      - {name: aircraft, root: data/fgvc_aircraft, layout: fgvc_aircraft, normal_classes: [91],
+         data_options: {test_classes: [91, 96]}}   # layout: skip auto-detection; data_options: reader options
 
-Writes ``results.jsonl`` (one line per fit/test), ``table.md`` and ``table.csv`` (per category + mean).
+Dataset keys: ``root``, ``name``, ``layout``, ``categories`` / ``normal_classes``, ``split`` (VisA),
+``data_options`` (open_dataset reader options, e.g. FGVC ``test_classes``, Cats-vs-Dogs ``split_seed``) and
+``options`` (model options for this dataset). Writes ``results.jsonl`` (one line per fit/test), ``table.md`` and
+``table.csv`` (per category + mean). MVTec LOCO rows add logical and structural image AUROC columns (each
+group against the good test images), next to the pooled one.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from generalad.errors import ConfigError, InputError
 from generalad.evaluate import evaluate
 from generalad.io import atomic_write_text
 
-METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "logical_image_auroc", "structural_image_auroc")
+GROUPS = ("logical", "structural")  # evaluate() writes metrics[group] = image metrics for MVTec LOCO
+SHOTS_MODES = ("random", "window")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -45,7 +54,26 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for key in ("models", "datasets"):
         if not cfg.get(key):
             raise ConfigError(f"benchmark file {path} needs a non-empty '{key}' list")
+    if cfg.get("shots_mode", "random") not in SHOTS_MODES:
+        raise ConfigError(f"benchmark file {path}: shots_mode must be one of {', '.join(SHOTS_MODES)}")
+    _check_datasets(cfg["datasets"], path)
     return cfg
+
+
+def _check_datasets(datasets: list[Any], path: str | Path) -> None:
+    """Catch layout and key typos before hours of fitting (reader options are checked by open_dataset)."""
+    from generalad.data import LAYOUTS
+
+    known = {"name", "root", "layout", "categories", "normal_classes", "split", "data_options", "options"}
+    for ds in datasets:
+        if not isinstance(ds, dict) or "root" not in ds:
+            raise ConfigError(f"benchmark file {path}: every dataset needs a 'root' (got {ds!r})")
+        unknown = sorted(set(ds) - known)
+        if unknown:
+            raise ConfigError(f"benchmark file {path}: unknown dataset key(s) {', '.join(unknown)}")
+        if ds.get("layout", "auto") not in LAYOUTS:
+            choices = ", ".join(LAYOUTS)
+            raise ConfigError(f"benchmark file {path}: unknown layout {ds['layout']!r}; choose one of {choices}")
 
 
 def _jobs(cfg: dict[str, Any]):
@@ -66,10 +94,13 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path) -> dict[str, An
     from generalad.methods import get_method
 
     kwargs = {"category": unit} if kind == "category" else {"normal_class": unit}
-    ds = open_dataset(ds_cfg["root"], split=ds_cfg.get("split", "official"), **kwargs)
+    ds = open_dataset(
+        ds_cfg["root"], layout=ds_cfg.get("layout", "auto"), split=ds_cfg.get("split", "official"),
+        **kwargs, **ds_cfg.get("data_options", {}),
+    )
     if cfg.get("contaminate"):
         ds, _ = contaminate(ds, int(cfg["contaminate"]), seed=seed)
-    train = sample_shots(ds.train, shots, seed=seed) if shots else ds.train
+    train = sample_shots(ds.train, shots, seed=seed, mode=cfg.get("shots_mode", "random")) if shots else ds.train
     options = {**m.get("options", {}), **ds_cfg.get("options", {}), "seed": seed}
     model = get_method(m["name"])(**options)
     t0 = time.perf_counter()
@@ -85,9 +116,16 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path) -> dict[str, An
     return {
         "dataset": ds_cfg.get("name", ds.name), "unit": str(unit if unit is not None else ds.category),
         "model": label, "seed": seed, "shots": shots, "fit_seconds": round(fit_s, 2),
+        **({"shots_mode": cfg.get("shots_mode", "random")} if shots else {}),
         **{k: metrics.get(k) for k in (*METRICS, "images_per_second", "peak_rss_mb", "backbone",
                                        "weights_sha256", "image_size", "precision", "selection", "n_test")},
+        **group_metrics(metrics),
     }
+
+
+def group_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``{"logical_image_auroc": …, "structural_image_auroc": …}`` for the LOCO groups evaluate() found."""
+    return {f"{g}_image_auroc": metrics[g].get("image_auroc") for g in GROUPS if isinstance(metrics.get(g), dict)}
 
 
 def _fmt(values: list[float]) -> str:

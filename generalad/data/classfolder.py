@@ -75,12 +75,23 @@ def array_samples(
     ]
 
 
-def read_classfolder(root: str | Path, normal_class: NormalClass | None) -> Dataset:
-    """Read ``train/<class>`` / ``test/<class>`` folders under the one-class protocol."""
-    root = require_dir(absolute(root))
-    train_dir = require_dir(root / "train")
-    test_dir = require_dir(root / "test")
-    classes = [d.name for d in subdirs(train_dir)]
+def read_class_dirs(
+    root: Path,
+    train_dir: Path,
+    test_dir: Path,
+    normal_class: NormalClass | None,
+    *,
+    name: str = "classfolder",
+    classes: Sequence[str] | None = None,
+) -> Dataset:
+    """One-class dataset from ``train_dir/<class>`` and ``test_dir/<class>``.
+
+    ``classes`` fixes the class order that indices refer to (default: sorted folder names); shared by the
+    class-folder, View and Stanford-Cars-export readers so they cannot drift apart.
+    """
+    require_dir(train_dir)
+    require_dir(test_dir)
+    classes = list(classes) if classes is not None else [d.name for d in subdirs(train_dir)]
     if not classes:
         raise InputError(f"no class folders found in {train_dir}")
     normals = resolve_normal_classes(normal_class, classes, str(root))
@@ -93,4 +104,10 @@ def read_classfolder(root: str | Path, normal_class: NormalClass | None) -> Data
     ]
     if not test:
         raise InputError(f"no images found in {test_dir}")
-    return Dataset("classfolder", category, str(root), sort_samples(train), sort_samples(test), [], False)
+    return Dataset(name, category, str(root), sort_samples(train), sort_samples(test), [], False)
+
+
+def read_classfolder(root: str | Path, normal_class: NormalClass | None) -> Dataset:
+    """Read ``train/<class>`` / ``test/<class>`` folders under the one-class protocol."""
+    root = require_dir(absolute(root))
+    return read_class_dirs(root, root / "train", root / "test", normal_class)

@@ -29,7 +29,7 @@ class Sample:
 
 @dataclass
 class Dataset:
-    name: str  # "mvtec" | "loco" | "visa" | "dagm" | "classfolder" | "cifar10" | "cifar100" | "mnist" | "fmnist"
+    name: str  # the layout that read it: "mvtec" | "loco" | "visa" | … | "cats_vs_dogs" (data.LAYOUTS)
     category: str
     root: str
     train: list[Sample]  # normal training images, sorted
