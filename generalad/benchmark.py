@@ -116,7 +116,8 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path) -> dict[str, An
     return {
         "dataset": ds_cfg.get("name", ds.name), "unit": str(unit if unit is not None else ds.category),
         "model": label, "seed": seed, "shots": shots, "fit_seconds": round(fit_s, 2),
-        **({"shots_mode": cfg.get("shots_mode", "random")} if shots else {}),
+        # few-shot rows list the images they were fitted on (spec §9), so a subset can be reproduced
+        **({"shots_mode": cfg.get("shots_mode", "random"), "train_files": [s.path for s in train]} if shots else {}),
         **{k: metrics.get(k) for k in (*METRICS, "images_per_second", "peak_rss_mb", "backbone",
                                        "weights_sha256", "image_size", "precision", "selection", "n_test")},
         **group_metrics(metrics),

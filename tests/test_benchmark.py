@@ -135,6 +135,7 @@ def test_layout_data_options_window_shots_and_loco_columns(tmp_path: Path, monke
     full = open_dataset(root, layout="cats_vs_dogs", normal_class="cat", split_seed=5).train
     assert _Recorder.fitted == [sample_shots(full, 2, seed=3, mode="window")] == [full[3:5]]
     assert rows[0]["shots_mode"] == "window"
+    assert rows[0]["train_files"] == [s.path for s in full[3:5]]  # the few-shot subset is listed
     assert (rows[0]["logical_image_auroc"], rows[0]["structural_image_auroc"]) == (0.6, 0.7)
     md = (tmp_path / "bench" / "table.md").read_text()
     header, _, row = md.splitlines()[:3]
