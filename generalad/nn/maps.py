@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -47,13 +48,42 @@ def upsample_maps(
     radius: int | None = None,
     mode: str = "bilinear",
 ) -> torch.Tensor:
-    """(B, h, w) patch scores → (B, H, W) maps: interpolate (align_corners=False), then blur."""
-    x = grid_scores.unsqueeze(1).float()
+    """(B, h, w) patch scores → (B, H, W) maps: interpolate (align_corners=False), then blur.
+
+    Both steps are linear and separable, so the whole path is ``A_h @ grid @ A_wᵀ`` with one (H, h) and one
+    (W, w) matrix per axis: two small matrix products instead of a 37-tap convolution over every output
+    pixel (at 518 px this is ~20× cheaper). Equal to interpolate + :func:`gaussian_blur` up to fp32 rounding.
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    h, w = grid_scores.shape[-2:]
+    out_h, out_w = int(size[0]), int(size[1])
+    r = _clipped_radius(sigma, radius, out_h, out_w)
+    a_h = _axis_operator(h, out_h, mode, float(sigma), r).to(grid_scores.device)
+    a_w = _axis_operator(w, out_w, mode, float(sigma), r).to(grid_scores.device)
+    return a_h @ grid_scores.float() @ a_w.T
+
+
+def _clipped_radius(sigma: float, radius: int | None, out_h: int, out_w: int) -> int:
+    """Kernel radius as :func:`gaussian_blur` uses it (clipped so reflect padding stays valid)."""
+    if sigma <= 0:
+        return 0
+    half = gaussian_kernel1d(sigma, radius).numel() // 2
+    return min(half, out_h - 1, out_w - 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_operator(n_in: int, n_out: int, mode: str, sigma: float, radius: int) -> torch.Tensor:
+    """(n_out, n_in) matrix: 1-D interpolation followed by the reflect-padded Gaussian (radius already clipped)."""
+    basis = torch.eye(n_in).unsqueeze(1)  # each row one unit impulse
     if mode == "nearest":
-        x = F.interpolate(x, size=size, mode="nearest")
+        x = F.interpolate(basis, size=n_out, mode="nearest")
     else:
-        x = F.interpolate(x, size=size, mode=mode, align_corners=False)
-    return gaussian_blur(x.squeeze(1), sigma, radius)
+        x = F.interpolate(basis, size=n_out, mode="linear", align_corners=False)
+    if sigma > 0:
+        taps = gaussian_kernel1d(sigma, radius)  # central taps renormalised, as gaussian_blur clips them
+        x = F.conv1d(F.pad(x, (radius, radius), mode="reflect"), taps.view(1, 1, -1))
+    return x.squeeze(1).T.contiguous()
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,3 +1,5 @@
+import pytest
+import torch.nn.functional as F
 import torch
 
 from generalad.nn.maps import gaussian_blur, gaussian_kernel1d, upsample_maps
@@ -25,3 +27,28 @@ def test_upsample_shape_and_small_map_blur():
     assert out.shape == (3, 37, 29)
     tiny = gaussian_blur(torch.rand(1, 3, 3), 10.0)  # kernel larger than map must not fail
     assert tiny.shape == (1, 3, 3)
+
+
+def _reference_upsample(grid, size, sigma, radius, mode):
+    x = grid.unsqueeze(1)
+    x = F.interpolate(x, size=size, mode="nearest") if mode == "nearest" else F.interpolate(
+        x, size=size, mode="bilinear", align_corners=False
+    )
+    return gaussian_blur(x.squeeze(1), sigma, radius)
+
+
+@pytest.mark.parametrize(
+    ("grid_hw", "size", "sigma", "radius", "mode"),
+    [
+        ((37, 37), (518, 518), 16.0, 18, "bilinear"),  # the paper's parity map
+        ((16, 16), (224, 224), 16.0 * 224 / 518, 8, "bilinear"),
+        ((28, 20), (200, 150), 4.0, None, "bilinear"),  # non-square, default 4-sigma radius
+        ((4, 4), (37, 29), 8.0, None, "bilinear"),  # kernel clipped to the map
+        ((28, 28), (224, 224), 0.0, None, "nearest"),
+        ((7, 9), (64, 50), 2.0, None, "nearest"),
+    ],
+)
+def test_separable_upsample_equals_interpolate_then_blur(grid_hw, size, sigma, radius, mode):
+    grid = torch.randn(3, *grid_hw, generator=torch.Generator().manual_seed(0))
+    out = upsample_maps(grid, size, sigma=sigma, radius=radius, mode=mode)
+    torch.testing.assert_close(out, _reference_upsample(grid, size, sigma, radius, mode), atol=1e-5, rtol=1e-5)
