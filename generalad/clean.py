@@ -1,9 +1,16 @@
-"""Cleaning a training set that may contain anomalies, with InReaCh's channel statistics.
+"""Cleaning a training set that may contain anomalies: rank training images, flag the likely anomalies.
 
-Every training image gets a nominality score from the channel construction (by default the fraction of its
-patches that found a mutual nearest neighbour with the seeds, before filtering). Images whose score is a
-robust outlier on the low side (below median − k·1.4826·MAD) are flagged; any model can then be fitted
-without them (``generalad fit --exclude LIST``).
+Two families of statistics rank the images (``statistic``):
+
+* ``loo_distance`` (default): PatchCore's own score for each training image with that image left out of the
+  memory bank: the mean of its 1 % largest patch distances to the nearest patch of any *other* image
+  (``generalad.nn.loo``). A defect that recurs in no other image stands out.
+* InReaCh's channel statistics (``any_mnn_fraction``, ``nn_dist_max``, ... see ``IMAGE_STAT_DOC``): how
+  well the image's patches joined channels of patches that recur across the seed images.
+
+Flags: images whose anomaly score is a robust outlier on the high side (above median + k·1.4826·MAD), or,
+when the contamination rate is roughly known, the ``drop_fraction`` most suspicious images. Any model can
+then be fitted without them (``generalad fit --exclude LIST``).
 """
 
 from __future__ import annotations
@@ -19,30 +26,79 @@ from generalad.errors import ConfigError
 from generalad.io import atomic_write_text
 from generalad.nn import inreach as ir
 
-HIGH_IS_NOMINAL = {name for name, (direction, _) in ir.IMAGE_STAT_DOC.items() if direction.startswith("high")}
+LOO = "loo_distance"
+STATISTICS = {
+    LOO: ("high = anomalous", "mean of the image's top 1 % patch distances to all other training images"),
+    **ir.IMAGE_STAT_DOC,
+}
+_BACKBONE_KEYS = ("backbone", "weights", "image_size", "precision", "cache_dir", "seed")
+
+
+def anomaly_scores(samples: Sequence[Sample], statistic: str = LOO, **options: Any) -> np.ndarray:
+    """(N,) per-image anomaly score from one statistic, higher = more suspicious (NaN → the median)."""
+    if statistic not in STATISTICS:
+        raise ConfigError(f"unknown statistic {statistic!r}; choose one of: {', '.join(STATISTICS)}")
+    if len(samples) < 2:
+        raise ConfigError(f"cleaning needs at least 2 training images, got {len(samples)}")
+    if statistic == LOO:
+        value = _loo_scores(samples, **options)
+    else:
+        value = _channel_statistic(samples, statistic, **options)
+    value = np.asarray(value, dtype=np.float64)
+    if STATISTICS[statistic][0].startswith("high = nominal"):
+        value = -value
+    return np.where(np.isfinite(value), value, np.nanmedian(value))  # InReaCh's order[0] has no data
+
+
+def _loo_scores(samples: Sequence[Sample], *, top_fraction: float = 0.01, bank_ratio: float = 0.1, **options) -> np.ndarray:
+    from generalad.methods.patchcore import PatchCore
+    from generalad.nn.loo import image_scores_from_patches, leave_one_out_distances
+
+    unknown = set(options) - set(_BACKBONE_KEYS)
+    if unknown:
+        raise ConfigError(f"loo_distance does not take option(s) {', '.join(sorted(unknown))}")
+    model = PatchCore(**options)
+    patches, _ = model._patches(model.extract(list(samples)))
+    distances = leave_one_out_distances(patches, bank_ratio=bank_ratio, seed=model.config.seed)
+    return image_scores_from_patches(distances, top_fraction=top_fraction)
+
+
+def _channel_statistic(samples: Sequence[Sample], statistic: str, **options) -> np.ndarray:
+    from generalad.methods.inreach import InReaCh
+
+    model = InReaCh(**options)
+    X = model.descriptors(model.extract(model._layout(list(samples))))
+    return ir.build_bank(X, model.config.channel_config()).image_stats[statistic]
+
+
+def flag_outliers(scores: np.ndarray, *, k: float = 3.0, drop_fraction: float | None = None) -> np.ndarray:
+    """Boolean flags: score > median + k·1.4826·MAD, or the ``drop_fraction`` highest scores when given."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if drop_fraction is not None:
+        if not 0 <= drop_fraction < 1:
+            raise ConfigError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
+        n_drop = int(round(drop_fraction * scores.size))
+        flags = np.zeros(scores.size, dtype=bool)
+        flags[np.argsort(-scores, kind="stable")[:n_drop]] = True
+        return flags
+    med = np.median(scores)
+    mad = 1.4826 * np.median(np.abs(scores - med))
+    return scores > med + k * max(mad, 1e-12)
 
 
 def rank_training_images(
-    samples: Sequence[Sample], *, statistic: str = "any_mnn_fraction", k: float = 3.0, **inreach_options: Any
+    samples: Sequence[Sample], *, statistic: str = LOO, k: float = 3.0, drop_fraction: float | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
-    """Records ``{path, nominality, flagged, rank}`` sorted from most to least suspicious."""
-    from generalad.methods.inreach import InReaCh
+    """Records ``{path, anomaly_score, flagged, rank}`` sorted from most to least suspicious.
 
-    if statistic not in ir.IMAGE_STAT_DOC:
-        raise ConfigError(f"unknown statistic {statistic!r}; choose one of: {', '.join(ir.IMAGE_STAT_DOC)}")
-    model = InReaCh(**inreach_options)
-    source = model._layout(samples)
-    X = model.descriptors(model.extract(source))
-    stats = ir.build_bank(X, model.config.channel_config()).image_stats
-    value = np.asarray(stats[statistic], dtype=np.float64)
-    nominality = value if statistic in HIGH_IS_NOMINAL else -value
-    nominality = np.where(np.isfinite(nominality), nominality, np.nanmedian(nominality))  # order[0]: no data
-    med = np.median(nominality)
-    mad = 1.4826 * np.median(np.abs(nominality - med))
-    flagged = nominality < med - k * max(mad, 1e-12)
-    order = np.argsort(nominality, kind="stable")
+    ``options`` configure the feature extractor (backbone, weights, image_size, cache_dir, seed, ...).
+    """
+    scores = anomaly_scores(samples, statistic, **options)
+    flagged = flag_outliers(scores, k=k, drop_fraction=drop_fraction)
+    order = np.argsort(-scores, kind="stable")
     return [
-        {"path": samples[i].path, "nominality": float(nominality[i]), "flagged": bool(flagged[i]), "rank": r}
+        {"path": samples[i].path, "anomaly_score": float(scores[i]), "flagged": bool(flagged[i]), "rank": r}
         for r, i in enumerate(order)
     ]
 
@@ -51,8 +107,8 @@ def write_clean_list(records: list[dict[str, Any]], out: str | Path) -> Path:
     """LIST = flagged paths, one per line (what ``fit --exclude`` reads); LIST.ranking.tsv = everything."""
     out = Path(out)
     atomic_write_text(out, "".join(r["path"] + "\n" for r in records if r["flagged"]))
-    rows = ["rank\tpath\tnominality\tflagged"] + [
-        f"{r['rank']}\t{r['path']}\t{r['nominality']:.6g}\t{int(r['flagged'])}" for r in records
+    rows = ["rank\tpath\tanomaly_score\tflagged"] + [
+        f"{r['rank']}\t{r['path']}\t{r['anomaly_score']:.6g}\t{int(r['flagged'])}" for r in records
     ]
     atomic_write_text(out.with_name(out.name + ".ranking.tsv"), "\n".join(rows) + "\n")
     return out

@@ -198,11 +198,15 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if args.contaminate:
         ds, moved = contaminate(ds, args.contaminate, seed=args.seed or 0)
     options = {k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("seed", args.seed),
-                                 ("cache_dir", args.cache_dir)) if v is not None}
-    records = rank_training_images(ds.train, statistic=args.statistic, k=args.k, **options)
+                                 ("image_size", args.image_size), ("cache_dir", args.cache_dir)) if v is not None}
+    records = rank_training_images(
+        ds.train, statistic=args.statistic, k=args.k, drop_fraction=args.drop_fraction, **options
+    )
     write_clean_list(records, args.out)
     flagged = {r["path"] for r in records if r["flagged"]}
-    summary: dict[str, Any] = {"n_train": len(records), "n_flagged": len(flagged), "out": str(args.out)}
+    rule = f"top {args.drop_fraction:g}" if args.drop_fraction is not None else f"median + {args.k:g} MAD"
+    summary: dict[str, Any] = {"n_train": len(records), "statistic": args.statistic, "flag_rule": rule,
+                               "n_flagged": len(flagged), "out": str(args.out)}
     if moved:  # known contaminants: precision / recall of the flags
         truth = {s.path for s in moved}
         hits = len(flagged & truth)
@@ -290,15 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="output folder (default: from the YAML file)")
     bench.set_defaults(func=cmd_benchmark)
 
-    clean = sub.add_parser("clean", help="rank training images by InReaCh nominality and flag likely anomalies")
+    clean = sub.add_parser(
+        "clean", help="rank training images by how anomalous they look against the rest; flag likely anomalies"
+    )
     _add_data_args(clean)
     clean.add_argument("--backbone")
     clean.add_argument("--weights")
     clean.add_argument("--seed", type=int)
     clean.add_argument("--cache-dir")
     clean.add_argument("--contaminate", type=int, help="move N anomalous test images into training first")
-    clean.add_argument("--statistic", default="any_mnn_fraction", help="channel statistic used for ranking")
-    clean.add_argument("--k", type=float, default=3.0, help="flag below median - k * MAD")
+    clean.add_argument("--image-size", type=int)
+    clean.add_argument("--statistic", default="loo_distance",
+                       help="loo_distance (leave-one-out patch distance) or an InReaCh channel statistic")
+    clean.add_argument("--k", type=float, default=3.0, help="flag scores above median + k * MAD")
+    clean.add_argument("--drop-fraction", type=float,
+                       help="flag this fraction of the most suspicious images instead (known contamination rate)")
     clean.add_argument("--out", required=True, help="LIST file of flagged paths (+ LIST.ranking.tsv)")
     clean.set_defaults(func=cmd_clean)
 
