@@ -50,7 +50,9 @@ def anomaly_scores(samples: Sequence[Sample], statistic: str = LOO, **options: A
     return np.where(np.isfinite(value), value, np.nanmedian(value))  # InReaCh's order[0] has no data
 
 
-def _loo_scores(samples: Sequence[Sample], *, top_fraction: float = 0.01, bank_ratio: float = 0.1, **options) -> np.ndarray:
+def _loo_scores(
+    samples: Sequence[Sample], *, top_fraction: float = 0.01, bank_ratio: float = 0.1, **options: Any
+) -> np.ndarray:
     from generalad.methods.patchcore import PatchCore
     from generalad.nn.loo import image_scores_from_patches, leave_one_out_distances
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from generalad.data._fs import absolute, list_images, require_dir, require_images, subdirs
+from generalad.data._fs import absolute, list_images, require_dir, require_images
+from generalad.data.mvtec import NORMAL, read_test_split
 from generalad.data.sample import Dataset, Sample, sort_samples
 from generalad.errors import InputError
 
-NORMAL = "good"
 LOGICAL = "logical_anomalies"
 STRUCTURAL = "structural_anomalies"
 DEFECTS_CONFIG = "defects_config.json"
@@ -75,20 +76,6 @@ def _mask_files(root: Path, defect: str, image: Path) -> tuple[str, ...]:
     return tuple(str(p) for p in masks)
 
 
-def _test_samples(root: Path, category: str, has_masks: bool) -> list[Sample]:
-    test_dir = require_dir(root / "test")
-    samples: list[Sample] = []
-    for type_dir in subdirs(test_dir):
-        defect = type_dir.name
-        label = 0 if defect.lower() == NORMAL else 1
-        for image in list_images(type_dir):
-            masks = _mask_files(root, defect, image) if label and has_masks else ()
-            samples.append(Sample(str(image), label, defect, masks, category, "test"))
-    if not samples:
-        raise InputError(f"no images found in {test_dir}")
-    return samples
-
-
 def read_loco(root: str | Path) -> Dataset:
     """Read one MVTec LOCO category folder (``defects_config.json`` via ``loco_defects_config``)."""
     root = require_dir(absolute(root))
@@ -104,7 +91,7 @@ def read_loco(root: str | Path) -> Dataset:
         category=category,
         root=str(root),
         train=normals(root / "train" / NORMAL, "train"),
-        test=sort_samples(_test_samples(root, category, has_masks)),
+        test=sort_samples(read_test_split(root, category, partial(_mask_files, root) if has_masks else None)),
         validation=normals(validation_dir, "validation") if validation_dir.is_dir() else [],
         has_masks=has_masks,
     )

@@ -11,6 +11,7 @@ Mask paths are built from the root and the image's stem, never by editing the im
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from generalad.data._fs import (
@@ -44,22 +45,36 @@ def _normal_samples(folder: Path, category: str, split: str) -> list[Sample]:
     return [Sample(str(p), 0, NORMAL, (), category, split) for p in require_images(folder)]
 
 
-def _test_samples(root: Path, category: str, has_masks: bool) -> list[Sample]:
+MaskFinder = Callable[[str, Path], tuple[str, ...]]
+
+
+def read_test_split(root: Path, category: str, masks_for: MaskFinder | None) -> list[Sample]:
+    """Every image under ``test/<type>/``; anomalous ones get ``masks_for(type, image)`` (None: image level)."""
     test_dir = require_dir(root / "test")
     samples: list[Sample] = []
     for type_dir in subdirs(test_dir):
         defect = type_dir.name
         label = 0 if defect.lower() == NORMAL else 1
-        mask_dir = root / "ground_truth" / defect
-        index = files_by_lower_name(mask_dir) if label and has_masks else {}
         for image in list_images(type_dir):
-            # Without any ground_truth folder the dataset is image-level only; with one, every
-            # anomalous image must have its mask (a missing one is a broken download, not "no defect").
-            masks = (str(find_mask(index, mask_dir, image)),) if label and has_masks else ()
+            masks = masks_for(defect, image) if label and masks_for is not None else ()
             samples.append(Sample(str(image), label, defect, masks, category, "test"))
     if not samples:
         raise InputError(f"no images found in {test_dir}")
     return samples
+
+
+def _mvtec_masks(root: Path) -> MaskFinder:
+    """One mask per anomalous image. Without any ground_truth folder the dataset is image-level only; with
+    one, every anomalous image must have its mask (a missing one is a broken download, not "no defect")."""
+    indexes: dict[str, dict[str, Path]] = {}
+
+    def masks_for(defect: str, image: Path) -> tuple[str, ...]:
+        folder = root / "ground_truth" / defect
+        if defect not in indexes:
+            indexes[defect] = files_by_lower_name(folder)
+        return (str(find_mask(indexes[defect], folder, image)),)
+
+    return masks_for
 
 
 def read_mvtec(root: str | Path, *, name: str = "mvtec") -> Dataset:
@@ -73,7 +88,7 @@ def read_mvtec(root: str | Path, *, name: str = "mvtec") -> Dataset:
         category=category,
         root=str(root),
         train=_normal_samples(root / "train" / NORMAL, category, "train"),
-        test=sort_samples(_test_samples(root, category, has_masks)),  # one global path order
+        test=sort_samples(read_test_split(root, category, _mvtec_masks(root) if has_masks else None)),  # one path order
         validation=_normal_samples(validation_dir, category, "validation") if validation_dir.is_dir() else [],
         has_masks=has_masks,
     )
