@@ -184,10 +184,7 @@ def attention_shuffle(
     U{1..k_max} with a uniform permutation (parity; fixed points stay labelled 1). k_max defaults to N.
     """
     attn = _check_attention(features, attn, "attn_shuffle")
-    b, n, _ = features.shape
-    lo = 2 if derangement else 1
-    k = _uniform_int(lo, _check_k_max(k_max, n, lo, "attn_shuffle"), b, generator, features.device)
-    mask = _top_attended(attn, k, generator)
+    mask = _top_attended(attn, _shuffle_sizes(features, k_max, derangement, generator, "attn_shuffle"), generator)
     return _permute_within(features, mask, generator, derangement), mask
 
 
@@ -200,10 +197,18 @@ def random_shuffle(
 ) -> Result:
     """Permute a uniformly random subset of k_b patches among themselves (``rand_shuffle``, upstream-only)."""
     b, n, _ = features.shape
-    lo = 2 if derangement else 1
-    k = _uniform_int(lo, _check_k_max(k_max, n, lo, "rand_shuffle"), b, generator, features.device)
+    k = _shuffle_sizes(features, k_max, derangement, generator, "rand_shuffle")
     mask = _random_subset(b, n, k, generator, features.device)
     return _permute_within(features, mask, generator, derangement), mask
+
+
+def _shuffle_sizes(
+    features: torch.Tensor, k_max: int | None, derangement: bool, generator: torch.Generator, name: str
+) -> torch.Tensor:
+    """(B,) shuffle sizes k_b ~ U{lo..k_max}: lo = 2 for a derangement (k = 1 cannot move), 1 for parity."""
+    b, n, _ = features.shape
+    lo = 2 if derangement else 1
+    return _uniform_int(lo, _check_k_max(k_max, n, lo, name), b, generator, features.device)
 
 
 def attention_noise(
