@@ -84,7 +84,7 @@ def run_demo(out: str | Path, *, model: str = "all", quiet: bool = False) -> dic
     ds = open_dataset(data)
     names = ["patchcore", "generalad"] if model == "all" else [model]
     # small and quick on 2 CPU cores; GeneralAD on a CNN uses its feature-norm saliency fallback
-    options = {"patchcore": {"image_size": 160}, "generalad": {"image_size": 160, "epochs": 15}}
+    options = {"patchcore": {"image_size": 160}, "generalad": {"image_size": 160}}
     summary: dict[str, Any] = {"data": str(data), "backbone": "efficientnet_lite0 (ImageNet, bundled)"}
     for name in names:
         est = get_method(name)(backbone="efficientnet_lite0", **options.get(name, {}))
