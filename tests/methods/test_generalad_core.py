@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from generalad.errors import ConfigError, InputError
+from generalad.methods import generalad_core as core
 from generalad.methods.generalad_core import (
     PRESETS,
     GeneralADConfig,
@@ -274,3 +275,22 @@ def test_logit_maps_blur_scaling() -> None:
     torch.testing.assert_close(unblurred, upsample_maps(logits.reshape(2, 4, 4), (60, 60)))
     with pytest.raises(InputError):
         logit_maps(logits, (5, 5), 64)
+
+
+# ------------------------------------------------------------------ memory plan
+def test_memory_plan_keeps_one_forward_when_it_fits():
+    cfg = core.GeneralADConfig()  # clean + noise-all + random = 3 copies
+    assert core.plan_copies_per_forward(cfg, 16, 256, available=2**40) is None
+
+
+def test_memory_plan_splits_copies_when_attention_is_large():
+    cfg = core.GeneralADConfig()
+    one_copy = core.attention_bytes(16, 784, cfg.heads)
+    assert core.plan_copies_per_forward(cfg, 16, 784, available=int(2.5 * one_copy)) == 1
+
+
+def test_memory_plan_refuses_a_grid_that_cannot_fit():
+    cfg = core.GeneralADConfig()
+    # CNN stride 8 at 518 px: 65 x 65 patches, ~18 GiB per copy of 16 images
+    with pytest.raises(ConfigError, match="4225 patches.*--image-size"):
+        core.plan_copies_per_forward(cfg, 16, 65 * 65, available=8 * 2**30)
