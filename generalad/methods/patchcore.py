@@ -18,6 +18,7 @@ from generalad.data import Sample
 from generalad.errors import ConfigError
 from generalad.methods.base import AnomalyModel, BaseConfig
 from generalad.nn.coreset import greedy_coreset
+from generalad.nn.loo import leave_one_out_distances
 from generalad.nn.patches import NearestNeighbours, locally_aware_patches
 
 
@@ -28,12 +29,18 @@ class PatchCoreConfig(BaseConfig):
     feature_dim: int = 1024  # width of the locally aware patch vector (paper: 1024)
     map_sigma: float = 4.0  # Gaussian σ in pixels at the working resolution
     image_score: str = "max_map"  # "max_map": max of the smoothed map; "max_patch": max raw patch distance (paper)
+    # Training sets that may contain anomalies (SoftPatch-like, off in the paper): before the coreset, drop
+    # this fraction of training patches with the largest leave-one-out distance (nearest patch of any other
+    # training image, generalad.nn.loo), so defect patches that recur nowhere else stay out of the bank.
+    denoise_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.coreset_ratio <= 1:
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.image_score not in ("max_map", "max_patch"):
             raise ConfigError(f"image_score must be 'max_map' or 'max_patch', got {self.image_score!r}")
+        if not 0 <= self.denoise_fraction < 1:
+            raise ConfigError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
 
 
 class PatchCore(AnomalyModel):
@@ -54,12 +61,27 @@ class PatchCore(AnomalyModel):
     def _fit_features(self, features, samples: Sequence[Sample], *, held_out: Sequence[Sample] = ()) -> None:
         patches, self.grid_ = self._patches(features)
         flat = patches.reshape(-1, patches.shape[-1]).float().contiguous()
+        n_patches = int(flat.shape[0])
+        if self.config.denoise_fraction > 0:
+            flat = flat[self._nominal_patches(patches)]
         keep = greedy_coreset(
             flat, ratio=self.config.coreset_ratio, proj_dim=self.config.projection_dim, seed=self.config.seed
         )
         self.bank_ = flat[keep].contiguous()
         self._index = None
-        self.method_stats_ = {"n_patches": int(flat.shape[0]), "bank_size": int(self.bank_.shape[0])}
+        self.method_stats_ = {"n_patches": n_patches, "bank_size": int(self.bank_.shape[0])}
+        if self.config.denoise_fraction > 0:
+            self.method_stats_["denoised_patches"] = n_patches - int(flat.shape[0])
+
+    def _nominal_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Flat indices of the patches kept by ``denoise_fraction`` (the smallest leave-one-out distances)."""
+        if patches.shape[0] < 2:
+            raise ConfigError("denoise_fraction needs at least 2 training images")
+        distances = leave_one_out_distances(
+            patches, bank_ratio=self.config.coreset_ratio, proj_dim=self.config.projection_dim, seed=self.config.seed
+        ).reshape(-1)
+        n_keep = distances.numel() - int(round(self.config.denoise_fraction * distances.numel()))
+        return distances.topk(n_keep, largest=False).indices.sort().values
 
     def _nn(self) -> NearestNeighbours:
         if self._index is None:

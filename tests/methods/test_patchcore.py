@@ -52,3 +52,23 @@ def test_same_seed_same_model(bottle, fitted, tmp_path):
 def test_maps_at_original_size(fitted, bottle):
     maps = fitted.anomaly_maps(bottle.test[:2])
     assert maps[0].shape == (900, 900) and maps[0].dtype == np.float32
+
+
+# ------------------------------------------------------------------ denoising (contaminated training sets)
+def test_denoise_drops_the_patches_that_recur_in_no_other_image():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    patches = torch.randn(8, 16, 12, generator=gen) * 0.1  # 8 images of 16 alike patches
+    patches[3, [2, 7]] += 5.0  # a "defect": two patches of image 3 with no match in any other image
+    model = PatchCore(denoise_fraction=2 / (8 * 16), coreset_ratio=1.0, projection_dim=None)
+    kept = model._nominal_patches(patches)
+    assert kept.numel() == 8 * 16 - 2
+    assert not {3 * 16 + 2, 3 * 16 + 7} & set(kept.tolist())
+
+
+def test_denoise_fraction_is_validated():
+    from generalad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="denoise_fraction"):
+        PatchCore(denoise_fraction=1.0)
