@@ -337,6 +337,8 @@ def _validation_loss(
 #: bytes held per training attention weight (scores, fp32 softmax, dropout mask, bf16 copy, saved for the
 #: backward); measured 14–21 B on CPU for 784–1369 patches (peak RSS of one step), so 16 plus headroom.
 _BYTES_PER_ATTENTION_WEIGHT = 16
+#: share of the available memory the training attention may take (the rest: features, model, optimiser)
+_MEMORY_BUDGET = 0.7
 
 
 def attention_bytes(images: int, num_patches: int, heads: int) -> int:
@@ -370,7 +372,7 @@ def plan_copies_per_forward(
     available = _available_bytes() if available is None else available
     if available is None:
         return config.copies_per_forward
-    budget = 0.7 * available
+    budget = _MEMORY_BUDGET * available
     per_copy = attention_bytes(batch, num_patches, config.heads)
     fits = int(budget // per_copy)
     if fits >= wanted:
@@ -378,7 +380,8 @@ def plan_copies_per_forward(
     if fits < 1:
         raise ConfigError(
             f"GeneralAD training on {num_patches} patches at batch {batch} needs ~{per_copy / 2**30:.1f} GiB for "
-            f"attention but ~{available / 2**30:.1f} GiB is available: use a smaller --image-size or --batch-size"
+            f"attention, more than {_MEMORY_BUDGET:.0%} of the {available / 2**30:.1f} GiB available: use a smaller --image-size "
+            "or --batch-size"
         )
     return fits
 
