@@ -72,3 +72,24 @@ def test_denoise_fraction_is_validated():
 
     with pytest.raises(ConfigError, match="denoise_fraction"):
         PatchCore(denoise_fraction=1.0)
+
+
+def test_denoise_drops_mostly_the_defects_of_real_contaminants(bottle, fitted):
+    """Bottle training set plus three broken test bottles: the dropped patches come from the contaminants."""
+    import torch
+
+    contaminants = [s for s in bottle.test if s.label == 1][::10][:3]  # broken_large x2, broken_small
+    train = list(bottle.train) + contaminants
+    model = PatchCore(backbone="efficientnet_lite0", cache_dir=fitted.config.cache_dir, denoise_fraction=0.01)
+    patches, _ = model._patches(model.extract(train))
+    n, p, _ = patches.shape
+    dropped = torch.ones(n * p, dtype=torch.bool)
+    dropped[model._nominal_patches(patches)] = False
+    per_image = torch.bincount(torch.arange(n * p)[dropped] // p, minlength=n)
+    assert int(dropped.sum()) == round(0.01 * n * p)
+    # 3 of 53 images, yet most of the dropped patches; each large break loses more than any normal image
+    assert per_image[-3:].sum() > 0.5 * dropped.sum()
+    assert per_image[-3:-1].min() > per_image[:-3].max()
+
+    model.fit(train)
+    assert model.fit_info_["denoised_patches"] == round(0.01 * model.fit_info_["n_patches"])
