@@ -76,9 +76,8 @@ def _channel_statistic(samples: Sequence[Sample], statistic: str, **options) -> 
 def flag_outliers(scores: np.ndarray, *, k: float = 3.0, drop_fraction: float | None = None) -> np.ndarray:
     """Boolean flags: score > median + k·1.4826·MAD, or the ``drop_fraction`` highest scores when given."""
     scores = np.asarray(scores, dtype=np.float64)
+    _check_drop_fraction(drop_fraction)
     if drop_fraction is not None:
-        if not 0 <= drop_fraction < 1:
-            raise ConfigError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
         n_drop = int(round(drop_fraction * scores.size))
         flags = np.zeros(scores.size, dtype=bool)
         flags[np.argsort(-scores, kind="stable")[:n_drop]] = True
@@ -86,6 +85,11 @@ def flag_outliers(scores: np.ndarray, *, k: float = 3.0, drop_fraction: float | 
     med = np.median(scores)
     mad = 1.4826 * np.median(np.abs(scores - med))
     return scores > med + k * max(mad, 1e-12)
+
+
+def _check_drop_fraction(drop_fraction: float | None) -> None:
+    if drop_fraction is not None and not 0 <= drop_fraction < 1:
+        raise ConfigError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
 
 
 def rank_training_images(
@@ -96,6 +100,7 @@ def rank_training_images(
 
     ``options`` configure the feature extractor (backbone, weights, image_size, cache_dir, seed, ...).
     """
+    _check_drop_fraction(drop_fraction)  # before the (minutes-long) scoring, not after
     scores = anomaly_scores(samples, statistic, **options)
     flagged = flag_outliers(scores, k=k, drop_fraction=drop_fraction)
     order = np.argsort(-scores, kind="stable")

@@ -36,6 +36,9 @@ def test_unknown_statistic_and_too_few_images_fail_clearly():
     with pytest.raises(ConfigError, match="does not take"):
         anomaly_scores(samples, "loo_distance", num_seeds=3)
     assert "loo_distance" in STATISTICS and "any_mnn_fraction" in STATISTICS
+    # checked before any image is read: these two files do not exist
+    with pytest.raises(ConfigError, match="drop_fraction"):
+        rank_training_images(samples, drop_fraction=1.5)
 
 
 def test_loo_ranks_real_contaminants_first(bottle_dir, tmp_path):
