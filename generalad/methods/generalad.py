@@ -24,6 +24,7 @@ from generalad.metrics import image_auroc
 from generalad.nn.discriminator import Discriminator
 
 SELECTIONS = ("last", "validation", "oracle_test")
+SIGMA_UNITS = ("absolute", "feature_std")
 _CORE_FIELDS = {f.name for f in dataclasses.fields(core.GeneralADConfig)} - {"seed", "precision", "batch_size"}
 
 
@@ -52,6 +53,12 @@ class GeneralADModelConfig(BaseConfig):
     early_stopping_patience: int = 10
     train_precision: str = "bf16"  # discriminator forwards under bf16 autocast (fp32 master weights)
     cnn_token_norm: bool = True  # CNN features: parameter-free LayerNorm per patch, like a ViT's final LN
+    # "feature_std": sigma times the std of the training features, so the distortion is equally strong on
+    # any backbone (a CNN's LayerNorm-ed tokens have std 1, where both units agree). Why the default: the
+    # ViT-S used here has token std 2.4 after its final LN, and with sigma = 0.25 absolute its discriminator
+    # never told noisy from clean *training* features (noise-all loss at chance, ln 2, for 160 epochs).
+    # "absolute": sigma as written in the spec (§3) and the official code — parity with the paper.
+    sigma_unit: str = "feature_std"
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS[:2]:
@@ -59,6 +66,8 @@ class GeneralADModelConfig(BaseConfig):
                 f"selection must be 'last' or 'validation', got {self.selection!r} (test-set selection is the "
                 "parity flag --select-on-test)"
             )
+        if self.sigma_unit not in SIGMA_UNITS:
+            raise ConfigError(f"sigma_unit must be one of {', '.join(SIGMA_UNITS)}, got {self.sigma_unit!r}")
         self.core()  # validate early: one-line ConfigError for bad values
 
     def core(self) -> core.GeneralADConfig:
@@ -135,8 +144,8 @@ class GeneralAD(AnomalyModel):
             self._test_for_selection = None
 
     def _fit_features(self, features, samples: Sequence[Sample], *, held_out: Sequence[Sample] = ()) -> None:
-        cfg = self.config.core()
         tokens, attention = self._tokens(features)
+        cfg = self._training_config(tokens)
         self.grid_ = _grid_of(features)
         validation = val_attention = None
         if self.config.selection == "validation":
@@ -157,7 +166,15 @@ class GeneralAD(AnomalyModel):
             "selection": self.selection_,
             "grid": list(self.grid_),
             "top_k": core.resolve_top_k(cfg.top_k, self.grid_[0] * self.grid_[1], self.config.top_k_mode),
+            "sigma_effective": round(cfg.sigma, 6),
         }
+
+    def _training_config(self, tokens: torch.Tensor) -> core.GeneralADConfig:
+        """The core config, with sigma converted to feature units (from training features only) if asked."""
+        cfg = self.config.core()
+        if self.config.sigma_unit == "feature_std":
+            cfg = dataclasses.replace(cfg, sigma=cfg.sigma * float(tokens.float().std()))
+        return cfg
 
     def _oracle_callback(self, cfg: core.GeneralADConfig):
         """Parity with the official code: evaluate the test set after every epoch, keep the best epoch."""
@@ -215,6 +232,8 @@ class GeneralAD(AnomalyModel):
             "distortions": ["noise_all"] * cfg.noise_all + list(cfg.distortions),
             "top_k": self.method_stats_.get("top_k", cfg.top_k),
             "top_k_mode": self.config.top_k_mode,
+            "sigma": self.method_stats_.get("sigma_effective", cfg.sigma),
+            "sigma_unit": self.config.sigma_unit,
             "epochs": cfg.epochs,
             "train_precision": self.config.train_precision,
             "cnn_features": "stages resized + per-patch LayerNorm; saliency = feature norm"

@@ -9,6 +9,7 @@ import pytest
 
 from generalad.cli import main
 from generalad.data import open_dataset, sample_shots
+from generalad.errors import ConfigError
 from generalad.evaluate import evaluate
 from generalad.methods import load_model
 from generalad.methods.generalad import GeneralAD
@@ -85,3 +86,21 @@ def test_cnn_backbone_with_attention_fallback_and_cli(tmp_path, capsys):
     assert "feature norm" in metrics["cnn_features"]
     assert main(["fit", "--model", "generalad", "--data", str(data), "--backbone", "efficientnet_lite0",
                  "--coreset-ratio", "0.1", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+
+
+def test_sigma_in_feature_units_is_measured_on_training_features(bottle, vits14_weights, cache):
+    model = _vit(vits14_weights, cache, epochs=1).fit(bottle.train[:12])
+    train = [s for s in bottle.train if s.path in set(model.train_files_)]
+    tokens, _ = model._tokens(model.extract(train))
+    expected = 0.25 * float(tokens.std())
+    assert model.config.sigma_unit == "feature_std"
+    assert model.method_stats_["sigma_effective"] == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.4  # this ViT's final-LN tokens have std ≈ 2.4, so the two units differ here
+    assert model.protocol()["sigma_unit"] == "feature_std"
+    absolute = _vit(vits14_weights, cache, epochs=1, sigma_unit="absolute").fit(bottle.train[:12])
+    assert absolute.method_stats_["sigma_effective"] == 0.25
+
+
+def test_unknown_sigma_unit_is_a_config_error():
+    with pytest.raises(ConfigError, match="sigma_unit"):
+        GeneralAD(sigma_unit="relative")
