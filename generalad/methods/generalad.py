@@ -225,14 +225,15 @@ class GeneralAD(AnomalyModel):
 
     def protocol(self) -> dict[str, Any]:
         cfg = self.config.core()
+        learned = self.fit_info_  # what fit measured; restored with the model file (method_stats_ is not)
         return {
             **super().protocol(),
             "selection": self.selection_,
             "preset": self.config.preset,
             "distortions": ["noise_all"] * cfg.noise_all + list(cfg.distortions),
-            "top_k": self.method_stats_.get("top_k", cfg.top_k),
+            "top_k": learned.get("top_k", cfg.top_k),
             "top_k_mode": self.config.top_k_mode,
-            "sigma": self.method_stats_.get("sigma_effective", cfg.sigma),
+            "sigma": learned.get("sigma_effective", cfg.sigma),
             "sigma_unit": self.config.sigma_unit,
             "epochs": cfg.epochs,
             "train_precision": self.config.train_precision,

@@ -84,11 +84,12 @@ def test_cnn_backbone_with_attention_fallback_and_cli(tmp_path, capsys):
     metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert metrics["distortions"] == ["noise_all", "random", "attn_shuffle"]
     assert "feature norm" in metrics["cnn_features"]
+    assert metrics["sigma"] == pytest.approx(0.25, abs=1e-3)  # LayerNorm-ed CNN tokens: both σ units agree
     assert main(["fit", "--model", "generalad", "--data", str(data), "--backbone", "efficientnet_lite0",
                  "--coreset-ratio", "0.1", "--out", str(tmp_path / "x"), "--quiet"]) == 2
 
 
-def test_sigma_in_feature_units_is_measured_on_training_features(bottle, vits14_weights, cache):
+def test_sigma_in_feature_units_is_measured_on_training_features(bottle, vits14_weights, cache, tmp_path):
     model = _vit(vits14_weights, cache, epochs=1).fit(bottle.train[:12])
     train = [s for s in bottle.train if s.path in set(model.train_files_)]
     tokens, _ = model._tokens(model.extract(train))
@@ -97,6 +98,8 @@ def test_sigma_in_feature_units_is_measured_on_training_features(bottle, vits14_
     assert model.method_stats_["sigma_effective"] == pytest.approx(expected, rel=1e-5)
     assert expected > 0.4  # this ViT's final-LN tokens have std ≈ 2.4, so the two units differ here
     assert model.protocol()["sigma_unit"] == "feature_std"
+    model.save(tmp_path / "run")
+    assert load_model(tmp_path / "run", weights=str(vits14_weights)).protocol()["sigma"] == pytest.approx(expected, rel=1e-5)
     absolute = _vit(vits14_weights, cache, epochs=1, sigma_unit="absolute").fit(bottle.train[:12])
     assert absolute.method_stats_["sigma_effective"] == 0.25
 
