@@ -173,7 +173,7 @@ class GeneralAD(AnomalyModel):
         """The core config, with sigma converted to feature units (from training features only) if asked."""
         cfg = self.config.core()
         if self.config.sigma_unit == "feature_std":
-            cfg = dataclasses.replace(cfg, sigma=cfg.sigma * float(tokens.float().std()))
+            cfg = dataclasses.replace(cfg, sigma=cfg.sigma * float(tokens.std()))  # _tokens gives fp32
         return cfg
 
     def _oracle_callback(self, cfg: core.GeneralADConfig):

@@ -380,8 +380,8 @@ def plan_copies_per_forward(
     if fits < 1:
         raise ConfigError(
             f"GeneralAD training on {num_patches} patches at batch {batch} needs ~{per_copy / 2**30:.1f} GiB for "
-            f"attention, more than {_MEMORY_BUDGET:.0%} of the {available / 2**30:.1f} GiB available: use a smaller --image-size "
-            "or --batch-size"
+            f"attention, more than {_MEMORY_BUDGET:.0%} of the {available / 2**30:.1f} GiB available: "
+            "use a smaller --image-size or --batch-size"
         )
     return fits
 

@@ -91,7 +91,8 @@ def test_cnn_backbone_with_attention_fallback_and_cli(tmp_path, capsys):
 
 def test_sigma_in_feature_units_is_measured_on_training_features(bottle, vits14_weights, cache, tmp_path):
     model = _vit(vits14_weights, cache, epochs=1).fit(bottle.train[:12])
-    train = [s for s in bottle.train if s.path in set(model.train_files_)]
+    fitted_on = set(model.train_files_)
+    train = [s for s in bottle.train if s.path in fitted_on]
     tokens, _ = model._tokens(model.extract(train))
     expected = 0.25 * float(tokens.std())
     assert model.config.sigma_unit == "feature_std"
@@ -99,7 +100,8 @@ def test_sigma_in_feature_units_is_measured_on_training_features(bottle, vits14_
     assert expected > 0.4  # this ViT's final-LN tokens have std ≈ 2.4, so the two units differ here
     assert model.protocol()["sigma_unit"] == "feature_std"
     model.save(tmp_path / "run")
-    assert load_model(tmp_path / "run", weights=str(vits14_weights)).protocol()["sigma"] == pytest.approx(expected, rel=1e-5)
+    loaded = load_model(tmp_path / "run", weights=str(vits14_weights))
+    assert loaded.protocol()["sigma"] == pytest.approx(expected, rel=1e-5)
     absolute = _vit(vits14_weights, cache, epochs=1, sigma_unit="absolute").fit(bottle.train[:12])
     assert absolute.method_stats_["sigma_effective"] == 0.25
 
