@@ -199,13 +199,16 @@ def cmd_clean(args: argparse.Namespace) -> int:
         ds, moved = contaminate(ds, args.contaminate, seed=args.seed or 0)
     options = {k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("seed", args.seed),
                                  ("image_size", args.image_size), ("cache_dir", args.cache_dir)) if v is not None}
+    if args.kth is not None:
+        options["kth"] = args.kth
     records = rank_training_images(
         ds.train, statistic=args.statistic, k=args.k, drop_fraction=args.drop_fraction, **options
     )
     write_clean_list(records, args.out)
     flagged = {r["path"] for r in records if r["flagged"]}
     rule = f"top {args.drop_fraction:g}" if args.drop_fraction is not None else f"median + {args.k:g} MAD"
-    summary: dict[str, Any] = {"n_train": len(records), "statistic": args.statistic, "flag_rule": rule,
+    summary: dict[str, Any] = {"n_train": len(records), "statistic": args.statistic, "kth": args.kth or 1,
+                               "flag_rule": rule,
                                "n_flagged": len(flagged), "out": str(args.out)}
     if moved:  # known contaminants: precision / recall of the flags
         truth = {s.path for s in moved}
@@ -307,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--statistic", default="loo_distance",
                        help="loo_distance (leave-one-out patch distance) or an InReaCh channel statistic")
     clean.add_argument("--k", type=float, default=3.0, help="flag scores above median + k * MAD")
+    clean.add_argument("--kth", type=int, help="loo_distance: measure each patch against its k-th nearest other "
+                       "image (default 1; 2 unmasks defects shared by pairs of images, exact, ~N^2 cost)")
     clean.add_argument("--drop-fraction", type=float,
                        help="flag this fraction of the most suspicious images instead (known contamination rate)")
     clean.add_argument("--out", required=True, help="LIST file of flagged paths (+ LIST.ranking.tsv)")

@@ -68,3 +68,20 @@ def test_clean_command_reports_precision_recall_and_fit_excludes_list(bottle_dir
     assert code == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["n_train"] + record["n_calibration"] == 50  # 50 normals + 3 moved − 3 excluded
+
+
+def test_kth_image_unmasks_a_defect_shared_by_two_training_images(bottle_dir, tmp_path):
+    # A defective bottle present twice (a copy under another name): with kth=1 each copy is the other's
+    # neighbour and both look normal; kth=2 asks for a second image and ranks both copies with the others.
+    ds, moved = contaminate(open_dataset(bottle_dir), 3, seed=0)
+    twin = tmp_path / "twin.png"
+    twin.write_bytes(Path(moved[0].path).read_bytes())
+    samples = [*ds.train, Sample(path=str(twin), label=1)]
+    suspects = {moved[0].path, str(twin)}
+    options = {"backbone": "efficientnet_lite0", "image_size": 160}
+    nearest = [r["path"] for r in rank_training_images(samples, kth=1, **options)]
+    second = [r["path"] for r in rank_training_images(samples, kth=2, **options)]
+    assert not suspects & set(nearest[:4])
+    assert set(second[:4]) == {s.path for s in moved} | suspects
+    with pytest.raises(ConfigError, match="kth=2"):
+        anomaly_scores(samples[:2], kth=2, **options)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from generalad.errors import ConfigError
-from generalad.nn.loo import image_scores_from_patches, leave_one_out_distances
+from generalad.nn.loo import image_scores_from_patches, kth_image_distances, leave_one_out_distances, per_image_coreset
 
 
 def _brute_force(x: torch.Tensor) -> torch.Tensor:
@@ -56,3 +56,62 @@ def test_same_seed_same_distances():
     a = leave_one_out_distances(x, bank_ratio=0.3, proj_dim=8, seed=3)
     b = leave_one_out_distances(x, bank_ratio=0.3, proj_dim=8, seed=3)
     assert torch.equal(a, b)
+
+
+def _brute_force_kth(x: torch.Tensor, kth: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """k-th smallest over the other (non-excluded) images of the per-image nearest-patch distance."""
+    n, p, d = x.shape
+    flat = x.reshape(n * p, d).double()
+    per_image = torch.cdist(flat, flat).view(n, p, n, p).amin(-1)  # (N, P, N)
+    per_image[torch.arange(n), :, torch.arange(n)] = float("inf")
+    if exclude is not None:
+        per_image[:, :, exclude] = float("inf")
+    return per_image.sort(-1).values[..., kth - 1].float()
+
+
+@pytest.mark.parametrize("kth", [1, 2, 3])
+def test_kth_image_with_exclusion_equals_brute_force(kth):
+    x = torch.randn(9, 7, 5, generator=torch.Generator().manual_seed(3))
+    exclude = torch.zeros(9, dtype=torch.bool)
+    exclude[[2, 5]] = True
+    got = kth_image_distances(x, bank_ratio=1.0, proj_dim=None, kth=kth, exclude=exclude,
+                                  images_per_chunk=2, max_entries=30)  # several bank blocks per query chunk
+    torch.testing.assert_close(got, _brute_force_kth(x, kth, exclude), atol=1e-4, rtol=1e-4)
+
+
+def test_kth_image_unmasks_a_defect_shared_by_two_images():
+    # The same defect in images 3 and 8: with kth=1 each masks the other; kth=2 asks for a second image.
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(12, 16, 8, generator=gen) * 0.1
+    x[3, 5] += 5.0
+    x[8, 2] = x[3, 5]
+    nearest = image_scores_from_patches(kth_image_distances(x, bank_ratio=1.0, proj_dim=None, kth=1))
+    second = image_scores_from_patches(kth_image_distances(x, bank_ratio=1.0, proj_dim=None, kth=2))
+    assert nearest[3] < 1.0 and nearest[8] < 1.0
+    assert set(np.argsort(-second)[:2]) == {3, 8} and second[3] > 4.0
+
+
+def test_per_image_coreset_keeps_each_images_outlier_patch():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 40, 6, generator=gen) * 0.1
+    x[:, 17] += 10.0  # one far-away patch per image: greedy k-center takes it among the first picks
+    sel = per_image_coreset(x, 4, seed=0)
+    assert sel.shape == (5, 4) and bool((sel == 17).any(1).all())
+    assert all(len(set(row.tolist())) == 4 for row in sel)
+
+
+def test_kth_and_exclude_validation():
+    x = torch.zeros(4, 3, 2)
+    with pytest.raises(ConfigError):
+        kth_image_distances(x, kth=4)
+    with pytest.raises(ConfigError):
+        kth_image_distances(x, exclude=np.zeros(3, dtype=bool))
+    with pytest.raises(ConfigError):
+        kth_image_distances(x, bank_ratio=0.0)
+
+
+def test_kth_image_bf16_close_to_fp32():
+    x = torch.randn(6, 20, 16, generator=torch.Generator().manual_seed(6)) + 3.0  # off-centre, as real features
+    exact = kth_image_distances(x, bank_ratio=1.0, proj_dim=None, kth=2)
+    fast = kth_image_distances(x, bank_ratio=1.0, proj_dim=None, kth=2, bf16=True)
+    assert float(((fast - exact).abs() / exact).quantile(0.99)) < 0.02
