@@ -10,7 +10,9 @@ relative to the smallest size (1.0 = linear growth).
 --features takes a float (N, P, D) .npy, e.g. InReaCh descriptors of the magnetic-tile training images
 (``InReaCh(backbone="efficientnet_lite0").descriptors(...)``: P = 784, D = 256). Association uses 10 seed
 images (the paper's default), so its cost should grow linearly with N; the leave-one-out distances compare
-every patch with a 10 % coreset of all patches, so they grow about quadratically.
+every patch with a 10 % coreset of all patches, so they grow about quadratically; ``loo_kth2`` (``clean
+--kth 2``) compares every patch with every patch of every other image (exact per-image minima, bf16 products),
+quadratic with a larger constant.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _one(n: int, path: str | None, stages: list[str]) -> None:
     from generalad.nn.inreach import (
         InReaChConfig, associate, build_channels, filter_channels, order_with_seeds, select_seeds,
     )
-    from generalad.nn.loo import leave_one_out_distances
+    from generalad.nn.loo import kth_image_distances, leave_one_out_distances
 
     x = _features(path, n)
     leave_one_out_distances(x[:2, :32])  # one-time library start-up (~8 s on first call) is not per-size cost
@@ -57,6 +59,8 @@ def _one(n: int, path: str | None, stages: list[str]) -> None:
             order = order_with_seeds(n, select_seeds(n, config.num_seeds, 0))
             assoc = associate(x, order, config.num_seeds)
             filter_channels(x, build_channels(assoc), config)
+        elif stage == "loo_kth2":
+            kth_image_distances(x, bank_ratio=1.0, kth=2, bf16=True)
         else:
             leave_one_out_distances(x)
         t1, c1 = _usage()
@@ -70,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--features", help="(N, P, D) float .npy; synthetic ReLU features when absent")
-    parser.add_argument("--stages", nargs="+", default=["association", "loo"], choices=["association", "loo"])
+    parser.add_argument("--stages", nargs="+", default=["association", "loo"], choices=["association", "loo", "loo_kth2"])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
     args = parser.parse_args()
     if args.one:

@@ -79,7 +79,8 @@ def test_kth_image_unmasks_a_defect_shared_by_two_training_images(bottle_dir, tm
     samples = [*ds.train, Sample(path=str(twin), label=1)]
     suspects = {moved[0].path, str(twin)}
     options = {"backbone": "efficientnet_lite0", "image_size": 160}
-    nearest = [r["path"] for r in rank_training_images(samples, kth=1, **options)]
+    # exact nearest image (every patch in the bank), so the two copies see each other
+    nearest = [r["path"] for r in rank_training_images(samples, kth=1, bank_ratio=1.0, **options)]
     second = [r["path"] for r in rank_training_images(samples, kth=2, **options)]
     assert not suspects & set(nearest[:4])
     assert set(second[:4]) == {s.path for s in moved} | suspects
