@@ -74,7 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--features", help="(N, P, D) float .npy; synthetic ReLU features when absent")
-    parser.add_argument("--stages", nargs="+", default=["association", "loo"], choices=["association", "loo", "loo_kth2"])
+    parser.add_argument("--stages", nargs="+", default=["association", "loo"],
+                        choices=["association", "loo", "loo_kth2"])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
     args = parser.parse_args()
     if args.one:
