@@ -18,7 +18,7 @@ from generalad.data import Sample
 from generalad.errors import ConfigError
 from generalad.methods.base import AnomalyModel, BaseConfig
 from generalad.nn.coreset import greedy_coreset
-from generalad.nn.loo import leave_one_out_distances
+from generalad.nn.loo import kth_image_distances, leave_one_out_distances
 from generalad.nn.patches import NearestNeighbours, locally_aware_patches
 
 
@@ -33,6 +33,9 @@ class PatchCoreConfig(BaseConfig):
     # this fraction of training patches with the largest leave-one-out distance (nearest patch of any other
     # training image, generalad.nn.loo), so defect patches that recur nowhere else stay out of the bank.
     denoise_fraction: float = 0.0
+    # ... measured against the k-th nearest other image instead (exact per-image minima, ~N² cost): a defect
+    # shared by fewer than denoise_kth other images is dropped too (as ``generalad clean --kth``).
+    denoise_kth: int = 1
 
     def __post_init__(self) -> None:
         if not 0 < self.coreset_ratio <= 1:
@@ -41,6 +44,8 @@ class PatchCoreConfig(BaseConfig):
             raise ConfigError(f"image_score must be 'max_map' or 'max_patch', got {self.image_score!r}")
         if not 0 <= self.denoise_fraction < 1:
             raise ConfigError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
+        if self.denoise_kth < 1:
+            raise ConfigError(f"denoise_kth must be >= 1, got {self.denoise_kth}")
 
 
 class PatchCore(AnomalyModel):
@@ -77,9 +82,16 @@ class PatchCore(AnomalyModel):
         """Flat indices of the patches kept by ``denoise_fraction`` (the smallest leave-one-out distances)."""
         if patches.shape[0] < 2:
             raise ConfigError("denoise_fraction needs at least 2 training images")
-        distances = leave_one_out_distances(
-            patches, bank_ratio=self.config.coreset_ratio, proj_dim=self.config.projection_dim, seed=self.config.seed
-        ).reshape(-1)
+        c = self.config
+        if c.denoise_kth == 1:
+            distances = leave_one_out_distances(
+                patches, bank_ratio=c.coreset_ratio, proj_dim=c.projection_dim, seed=c.seed
+            ).reshape(-1)
+        else:
+            distances = kth_image_distances(
+                patches, bank_ratio=1.0, proj_dim=c.projection_dim, seed=c.seed, kth=c.denoise_kth,
+                bf16=c.precision == "bf16",
+            ).reshape(-1)
         n_keep = distances.numel() - int(round(self.config.denoise_fraction * distances.numel()))
         return distances.topk(n_keep, largest=False).indices.sort().values
 

@@ -67,11 +67,27 @@ def test_denoise_drops_the_patches_that_recur_in_no_other_image():
     assert not {3 * 16 + 2, 3 * 16 + 7} & set(kept.tolist())
 
 
+def test_denoise_kth_drops_a_defect_shared_by_two_images():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    patches = torch.randn(8, 16, 12, generator=gen) * 0.1
+    patches[3, 2] += 5.0
+    patches[6, 9] = patches[3, 2]  # the same defect in images 3 and 6: each is the other's nearest patch
+    defect = {3 * 16 + 2, 6 * 16 + 9}
+    nearest = PatchCore(denoise_fraction=2 / (8 * 16), coreset_ratio=1.0, projection_dim=None)
+    assert defect <= set(nearest._nominal_patches(patches).tolist())  # kept: masked by its twin
+    second = PatchCore(denoise_fraction=2 / (8 * 16), denoise_kth=2, projection_dim=None, precision="fp32")
+    assert not defect & set(second._nominal_patches(patches).tolist())
+
+
 def test_denoise_fraction_is_validated():
     from generalad.errors import ConfigError
 
     with pytest.raises(ConfigError, match="denoise_fraction"):
         PatchCore(denoise_fraction=1.0)
+    with pytest.raises(ConfigError, match="denoise_kth"):
+        PatchCore(denoise_kth=0)
 
 
 def test_denoise_drops_mostly_the_defects_of_real_contaminants(bottle, fitted):
