@@ -64,17 +64,17 @@ def _loo_scores(
     unknown = set(options) - set(_BACKBONE_KEYS)
     if unknown:
         raise ConfigError(f"loo_distance does not take option(s) {', '.join(sorted(unknown))}")
-    if len(samples) <= kth:
-        raise ConfigError(f"kth={kth} needs more than {kth} training images, got {len(samples)}")
+    if not 1 <= kth < len(samples):  # checked before the (slow) feature extraction
+        raise ConfigError(f"kth={kth} must be >= 1 and below the number of training images, {len(samples)}")
     model = PatchCore(**options)
     patches, _ = model._patches(model.extract(list(samples)))
     seed = model.config.seed
+    ratio = bank_ratio if bank_ratio is not None else 0.1 if kth == 1 else 1.0
     if kth == 1:
-        distances = leave_one_out_distances(patches, bank_ratio=bank_ratio or 0.1, seed=seed)
+        distances = leave_one_out_distances(patches, bank_ratio=ratio, seed=seed)
     else:
-        distances = kth_image_distances(
-            patches, bank_ratio=bank_ratio or 1.0, kth=kth, seed=seed, bf16=model.config.precision == "bf16"
-        )
+        bf16 = model.config.precision == "bf16"
+        distances = kth_image_distances(patches, bank_ratio=ratio, kth=kth, seed=seed, bf16=bf16)
     return image_scores_from_patches(distances, top_fraction=top_fraction)
 
 

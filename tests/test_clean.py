@@ -86,3 +86,5 @@ def test_kth_image_unmasks_a_defect_shared_by_two_training_images(bottle_dir, tm
     assert set(second[:4]) == {s.path for s in moved} | suspects
     with pytest.raises(ConfigError, match="kth=2"):
         anomaly_scores(samples[:2], kth=2, **options)
+    with pytest.raises(ConfigError, match="kth=0"):  # before any feature extraction
+        anomaly_scores(samples, kth=0, **options)

@@ -34,6 +34,17 @@ from generalad.nn.coreset import greedy_coreset, random_projection
 __all__ = ["leave_one_out_distances", "kth_image_distances", "image_scores_from_patches", "per_image_coreset"]
 
 
+def _projected_patches(
+    patches: torch.Tensor | np.ndarray, proj_dim: int | None, seed: int
+) -> tuple[torch.Tensor, int, int]:
+    """(N·P, d) image-major rows of the randomly projected (N, P, D) patches, with N and P; N >= 2 checked."""
+    x = torch.as_tensor(patches)
+    if x.ndim != 3 or x.shape[0] < 2:
+        raise ConfigError(f"leave-one-out distances need (N >= 2, P, D) patches, got {tuple(x.shape)}")
+    n, p, _ = x.shape
+    return random_projection(x.reshape(n * p, -1), proj_dim, seed=seed), n, p
+
+
 def leave_one_out_distances(
     patches: torch.Tensor | np.ndarray,
     *,
@@ -47,11 +58,7 @@ def leave_one_out_distances(
     patches: (N, P, D) patch features of N >= 2 training images. ``bank_ratio`` 1.0 is the exact leave-one-out
     nearest neighbour (in the projected space). Entries are +inf only if no other image reached the bank.
     """
-    x = torch.as_tensor(patches)
-    if x.ndim != 3 or x.shape[0] < 2:
-        raise ConfigError(f"leave-one-out distances need (N >= 2, P, D) patches, got {tuple(x.shape)}")
-    n, p, _ = x.shape
-    flat = random_projection(x.reshape(n * p, -1), proj_dim, seed=seed)
+    flat, n, p = _projected_patches(patches, proj_dim, seed)
     keep = greedy_coreset(flat, ratio=bank_ratio, proj_dim=None, seed=seed)
     keep = keep.sort().values  # rows are image-major, so sorted ids group each image's entries
     bank, owner = flat[keep], keep // p
@@ -113,20 +120,15 @@ def kth_image_distances(
     distances within 0.3 % at the 99th percentile on magnetic tile). Entries are +inf where fewer than
     ``kth`` images remain in the bank. ``max_entries`` bounds each (rows × bank entries) block.
     """
-    x = torch.as_tensor(patches)
-    if x.ndim != 3 or x.shape[0] < 2:
-        raise ConfigError(f"leave-one-out distances need (N >= 2, P, D) patches, got {tuple(x.shape)}")
     if not 0 < bank_ratio <= 1:
         raise ConfigError(f"bank_ratio must be in (0, 1], got {bank_ratio}")
-    n, p, _ = x.shape
+    flat, n, p = _projected_patches(patches, proj_dim, seed)
     if not 1 <= kth < n:
         raise ConfigError(f"kth must be in [1, {n - 1}] for {n} images, got {kth}")
-    flat = random_projection(x.reshape(n * p, -1), proj_dim, seed=seed)
     proj = flat.view(n, p, -1)
     m = max(1, int(round(bank_ratio * p)))
     keep = per_image_coreset(proj, m, seed=seed) if m < p else torch.arange(p).expand(n, p)
     bank = torch.gather(proj, 1, keep.unsqueeze(-1).expand(-1, -1, proj.shape[-1])).reshape(n * m, -1)
-    bank_sq = (bank * bank).sum(1)
     blocked = torch.zeros(n, dtype=torch.bool) if exclude is None else torch.as_tensor(exclude, dtype=torch.bool)
     if blocked.shape != (n,):
         raise ConfigError(f"exclude must be ({n},) booleans, got shape {tuple(blocked.shape)}")
@@ -134,7 +136,7 @@ def kth_image_distances(
     if bf16:  # centring shrinks the norms, so ‖q‖² − 2q·b + ‖b‖² cancels less in bfloat16
         centre = bank.mean(0)
         flat, bank = flat - centre, bank - centre
-        bank_sq = (bank * bank).sum(1)
+    bank_sq = (bank * bank).sum(1)
     bank_mm, bank_sq_mm = bank.to(dt), bank_sq.to(dt)
     out = torch.empty(n, p)
     per_chunk = max(1, max_entries // max(1, images_per_chunk * p * m))  # bank images per distance block
