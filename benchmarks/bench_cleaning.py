@@ -44,7 +44,7 @@ def _usage() -> tuple[float, float]:
 
 
 def _one(n: int, path: str | None, stages: list[str]) -> None:
-    from generalad.nn.inreach import (
+    from generalad.methods.inreach.channels import (
         InReaChConfig, associate, build_channels, filter_channels, order_with_seeds, select_seeds,
     )
     from generalad.nn.loo import kth_image_distances, leave_one_out_distances

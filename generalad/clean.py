@@ -26,7 +26,7 @@ import numpy as np
 from generalad.data import Sample
 from generalad.errors import ConfigError
 from generalad.io import atomic_write_text
-from generalad.nn import inreach as ir
+from generalad.methods.inreach import channels as ir
 
 LOO = "loo_distance"
 STATISTICS = {

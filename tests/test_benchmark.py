@@ -20,7 +20,7 @@ from generalad.data.idx import FMNIST_CLASSES
 from generalad.demo import make_synthetic_category
 from generalad.errors import ConfigError
 from generalad.methods import get_method
-from generalad.methods.generalad_core import PRESETS
+from generalad.methods.generalad.core import PRESETS
 from tests.data.test_cats_vs_dogs import make_pet_images
 
 

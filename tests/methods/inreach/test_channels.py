@@ -1,4 +1,4 @@
-"""InReaCh core (generalad.nn.inreach): association, channels, filters, layout, 1-NN (spec §13)."""
+"""InReaCh core (generalad.methods.inreach.channels): association, channels, filters, layout, 1-NN (spec §13)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from generalad.errors import ConfigError
-from generalad.nn.inreach import (
+from generalad.methods.inreach.channels import (
     IMAGE_STAT_DOC,
     Channels,
     InReaChConfig,

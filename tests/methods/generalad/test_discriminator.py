@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from generalad.errors import InputError
-from generalad.nn.discriminator import Discriminator, Dropout, dropout, resample_positions
+from generalad.methods.generalad.discriminator import Discriminator, Dropout, dropout, resample_positions
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from generalad.data import Sample, read_image
 from generalad.errors import ConfigError
 from generalad.methods.base import AnomalyModel, BaseConfig
-from generalad.nn import inreach as ir
+from generalad.methods.inreach import channels as ir
 from generalad.nn.coreset import greedy_coreset
 from generalad.nn.maps import upsample_maps
 from generalad.nn.patches import locally_aware_patches

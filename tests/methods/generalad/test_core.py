@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from generalad.errors import ConfigError, InputError
-from generalad.methods import generalad_core as core
-from generalad.methods.generalad_core import (
+from generalad.methods.generalad import core
+from generalad.methods.generalad.core import (
     PRESETS,
     GeneralADConfig,
     distortion_loss,
@@ -21,9 +21,9 @@ from generalad.methods.generalad_core import (
     resolve_top_k,
     train_discriminator,
 )
-from generalad.nn.discriminator import Discriminator
-from generalad.nn.distortions import make_generator
-from generalad.nn.losses import generalad_loss
+from generalad.methods.generalad.discriminator import Discriminator
+from generalad.methods.generalad.distortions import make_generator
+from generalad.methods.generalad.losses import generalad_loss
 from generalad.nn.maps import upsample_maps
 
 GRID = (4, 4)
@@ -181,7 +181,7 @@ def test_grouped_copies_give_same_loss_and_gradient() -> None:
         torch.testing.assert_close(gr, grads[0], rtol=1e-4, atol=1e-6)
     # and the total is generalad_loss over separate forwards of the same copies
     g = make_generator(7)
-    from generalad.methods.generalad_core import build_copies
+    from generalad.methods.generalad.core import build_copies
 
     copies = build_copies(x, cfg, g, attention=attn)
     logits = [disc(c[1]) for c in copies]

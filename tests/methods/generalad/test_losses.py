@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from generalad.nn.losses import constant_bce, generalad_loss, masked_bce, partial_bce
+from generalad.methods.generalad.losses import constant_bce, generalad_loss, masked_bce, partial_bce
 
 
 def _bce(x: float, y: float) -> float:

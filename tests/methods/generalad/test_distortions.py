@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from generalad.errors import ConfigError
-from generalad.nn import distortions as dist
-from generalad.nn.distortions import (
+from generalad.methods.generalad import distortions as dist
+from generalad.methods.generalad.distortions import (
     DISTORTIONS,
     PARTIAL_DISTORTIONS,
     Distortion,

@@ -1,7 +1,7 @@
 """GeneralAD (Sträter et al., ECCV 2024) as an estimator: frozen patch features → distortions →
 cross-patch discriminator → top-K image score and blurred logit maps.
 
-The training loop and modules live in ``generalad_core`` / ``generalad.nn``; this file connects them to the
+The training step and modules live beside this file (``core``, ``discriminator``, ...); this file connects them to the
 backbone, the feature cache, calibration, model selection and the model file. Spec: shared/notes/generalad.md.
 """
 
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from generalad.data import Sample
 from generalad.errors import ConfigError
-from generalad.methods import generalad_core as core
+from generalad.methods.generalad import core
 from generalad.methods.base import AnomalyModel, BaseConfig
 from generalad.metrics import image_auroc
-from generalad.nn.discriminator import Discriminator
+from generalad.methods.generalad.discriminator import Discriminator
 
 SELECTIONS = ("last", "validation", "oracle_test")
 SIGMA_UNITS = ("absolute", "feature_std")

@@ -14,7 +14,7 @@ estimator (backbone + ``nn.patches.locally_aware_patches``). Pipeline::
 ``build_bank(X, config)`` runs all of it and adds per-image statistics (``image_statistics``) used to
 rank possibly contaminated training images. Layout helpers (transpose test, rotation sweep, positional
 channels) live in ``inreach_layout``; exact 1-NN search and bank diagnostics in ``inreach_search``. Both
-are re-exported here so the estimator imports everything from ``generalad.nn.inreach``.
+are re-exported here so the estimator imports everything from ``generalad.methods.inreach.channels``.
 
 Indexing convention: every per-patch array is indexed by the ORIGINAL image index (position in ``X``),
 never by rank in the seed order; ``order`` maps rank → image index. A channel member is stored at its own
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from generalad.errors import ConfigError
-from generalad.nn.inreach_layout import (  # re-exported API, see __all__
+from generalad.methods.inreach.layout import (  # re-exported API, see __all__
     LayoutDecision,
     append_positional,
     best_rotation,
@@ -43,7 +43,7 @@ from generalad.nn.inreach_layout import (  # re-exported API, see __all__
     rotate_masks,
     transpose_score,
 )
-from generalad.nn.inreach_search import (  # re-exported API, see __all__
+from generalad.methods.inreach.search import (  # re-exported API, see __all__
     NearestBank,
     nearest_distances,
     patch_labels_from_masks,

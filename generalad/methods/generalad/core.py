@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterator, Literal, Mapping
 import torch
 
 from generalad.errors import ConfigError, InputError
-from generalad.nn.discriminator import Discriminator
-from generalad.nn.distortions import PARTIAL_DISTORTIONS, apply_distortion, get_spec, make_generator, noise_all
-from generalad.nn.losses import constant_bce, partial_bce
+from generalad.methods.generalad.discriminator import Discriminator
+from generalad.methods.generalad.distortions import PARTIAL_DISTORTIONS, apply_distortion, get_spec, make_generator, noise_all
+from generalad.methods.generalad.losses import constant_bce, partial_bce
 from generalad.nn.maps import upsample_maps
 
 __all__ = [
