@@ -89,22 +89,23 @@ def _jobs(cfg: dict[str, Any]):
                         yield ds, kind, unit, m, seed, shots
 
 
-def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path) -> dict[str, Any]:
-    from generalad.data import contaminate, open_dataset, sample_shots
+def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path, device: str | None = None) -> dict[str, Any]:
     from generalad.methods import get_method
+    from generalad.pipeline import fit_on, open_training
 
-    kwargs = {"category": unit} if kind == "category" else {"normal_class": unit}
-    ds = open_dataset(
+    run = open_training(
         ds_cfg["root"], layout=ds_cfg.get("layout", "auto"), split=ds_cfg.get("split", "official"),
-        **kwargs, **ds_cfg.get("data_options", {}),
+        data_options=ds_cfg.get("data_options", {}), contaminate_n=int(cfg.get("contaminate") or 0),
+        shots=shots, shots_mode=cfg.get("shots_mode", "random"), seed=seed,
+        **({"category": unit} if kind == "category" else {"normal_class": unit}),
     )
-    if cfg.get("contaminate"):
-        ds, _ = contaminate(ds, int(cfg["contaminate"]), seed=seed)
-    train = sample_shots(ds.train, shots, seed=seed, mode=cfg.get("shots_mode", "random")) if shots else ds.train
+    ds, train = run.dataset, run.train
     options = {**m.get("options", {}), **ds_cfg.get("options", {}), "seed": seed}
+    if device is not None:
+        options["device"] = device
     model = get_method(m["name"])(**options)
     t0 = time.perf_counter()
-    model.fit(train, calibration=ds.validation or None)
+    fit_on(model, run)
     fit_s = time.perf_counter() - t0
     label = m.get("label", m["name"])
     run_dir = out / "runs" / (f"{ds_cfg.get('name', ds.name)}_{unit}_{label}_s{seed}" + (f"_k{shots}" if shots else ""))
@@ -116,10 +117,11 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path) -> dict[str, An
     return {
         "dataset": ds_cfg.get("name", ds.name), "unit": str(unit if unit is not None else ds.category),
         "model": label, "seed": seed, "shots": shots, "fit_seconds": round(fit_s, 2),
-        # few-shot rows list the images they were fitted on (spec §9), so a subset can be reproduced
+        # few-shot rows list the images they were fitted on (docs/PROTOCOLS.md §2), so a subset can be reproduced
         **({"shots_mode": cfg.get("shots_mode", "random"), "train_files": [s.path for s in train]} if shots else {}),
         **{k: metrics.get(k) for k in (*METRICS, "images_per_second", "peak_rss_mb", "backbone",
-                                       "weights_sha256", "image_size", "precision", "selection", "n_test")},
+                                       "weights_sha256", "image_size", "precision", "device", "selection",
+                                       "n_test")},
         **group_metrics(metrics),
     }
 
@@ -164,13 +166,16 @@ def make_tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
     return md, buf.getvalue()
 
 
-def run_benchmark(config_file: str | Path, *, out: str | Path | None = None, quiet: bool = False) -> list[dict[str, Any]]:
+def run_benchmark(
+    config_file: str | Path, *, out: str | Path | None = None, quiet: bool = False, device: str | None = None
+) -> list[dict[str, Any]]:
+    """Run every job of the YAML file (``device`` overrides the models' device option)."""
     cfg = load_config(config_file)
     out = Path(out or cfg.get("out", "runs/benchmark"))
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for job in _jobs(cfg):
-        row = _run_job(*job, cfg, out)
+        row = _run_job(*job, cfg, out, device=device)
         rows.append(row)
         if not quiet:
             print(json.dumps(row, default=str), flush=True)

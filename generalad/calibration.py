@@ -1,4 +1,4 @@
-"""Decision thresholds from normal-only calibration scores (field notes §4).
+"""Decision thresholds from normal-only calibration scores (docs/PROTOCOLS.md §4).
 
 A deployable threshold may never be tuned on test labels. It is computed from scores of normal images
 the model was not fitted on (``validation/good`` or a held-out slice of ``train/good``) with one of the
@@ -51,21 +51,6 @@ class ThresholdRule:
             raise ConfigError(f"threshold rule: k must be a finite number >= 0, got {self.k}")
         if not 0.0 <= self.target_fpr < 1.0:
             raise ConfigError(f"threshold rule: target_fpr must be in [0, 1), got {self.target_fpr}")
-
-    @classmethod
-    def parse(cls, text: str) -> ThresholdRule:
-        """Parse a CLI spelling: ``quantile``, ``quantile:0.995``, ``max``, ``mean_std:3``, ``fpr:0.01``."""
-        kind, _, value = text.strip().partition(":")
-        if not value:
-            return cls(kind=kind)
-        try:
-            v = float(value)
-        except ValueError:
-            raise ConfigError(f"threshold rule {text!r}: {value!r} is not a number") from None
-        param = {"quantile": "q", "mean_std": "k", "fpr": "target_fpr"}.get(kind)
-        if param is None:
-            raise ConfigError(f"threshold rule {text!r}: {kind!r} takes no parameter")
-        return cls(kind=kind, **{param: v})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,10 +233,6 @@ class Calibration:
     source: str  # where the calibration scores came from, e.g. "holdout 10% of train/good"
     stats: dict[str, float]  # mean, std, min, max, q50, q95, q99 of the calibration scores
     pixel: PixelCalibration | None = None
-
-    def decide(self, scores: Any) -> np.ndarray:
-        """Predicted labels (0/1) on RAW scores: the only decision rule in the library."""
-        return (np.asarray(_to_numpy(scores), dtype=np.float64) > self.threshold).astype(np.int64)
 
     def display_range(self) -> tuple[float, float]:
         """(lo, hi) of the display scale: lo = min(calibration min, threshold), hi = 2·threshold − lo."""

@@ -33,7 +33,7 @@ STATISTICS = {
     LOO: ("high = anomalous", "mean of the image's top 1 % patch distances to all other training images"),
     **ir.IMAGE_STAT_DOC,
 }
-_BACKBONE_KEYS = ("backbone", "weights", "image_size", "precision", "cache_dir", "seed")
+_BACKBONE_KEYS = ("backbone", "weights", "image_size", "precision", "device", "cache_dir", "seed")
 
 
 def anomaly_scores(samples: Sequence[Sample], statistic: str = LOO, **options: Any) -> np.ndarray:
@@ -67,13 +67,13 @@ def _loo_scores(
     if not 1 <= kth < len(samples):  # checked before the (slow) feature extraction
         raise ConfigError(f"kth={kth} must be >= 1 and below the number of training images, {len(samples)}")
     model = PatchCore(**options)
-    patches, _ = model._patches(model.extract(list(samples)))
+    patches, _ = model.patches(model.extract(list(samples)))
     seed = model.config.seed
     ratio = bank_ratio if bank_ratio is not None else 0.1 if kth == 1 else 1.0
     if kth == 1:
         distances = leave_one_out_distances(patches, bank_ratio=ratio, seed=seed)
     else:
-        bf16 = model.config.precision == "bf16"
+        bf16 = model.precision == "bf16"  # resolved: "auto" → the device's faster one
         distances = kth_image_distances(patches, bank_ratio=ratio, kth=kth, seed=seed, bf16=bf16)
     return image_scores_from_patches(distances, top_fraction=top_fraction)
 
@@ -82,7 +82,7 @@ def _channel_statistic(samples: Sequence[Sample], statistic: str, **options) -> 
     from generalad.methods.inreach import InReaCh
 
     model = InReaCh(**options)
-    X = model.descriptors(model.extract(model._layout(list(samples))))
+    X = model.descriptors(model.extract(model.prepare(list(samples))))
     return ir.build_bank(X, model.config.channel_config()).image_stats[statistic]
 
 

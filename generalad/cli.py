@@ -1,6 +1,8 @@
-"""Command-line interface: ``generalad fit | test | predict | speed | benchmark | demo | doctor``.
+"""Command-line interface: ``generalad fit | test | predict | speed | benchmark | clean | demo | doctor``.
 
-Every user-caused problem ends in one line on stderr (``generalad: error: ...``) and exit status 2.
+Every user-caused problem ends in one line on stderr (``generalad: error: ...``) and exit status 2. The
+``--model`` choices, their help and the method-specific flags come from the method registry
+(``generalad.methods``): a new method needs no change here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,21 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+#: flags every method's config has (BaseConfig); method-specific ones come from the registry
+COMMON_FLAGS = ("backbone", "weights", "image_size", "seed", "precision", "device", "batch_size", "cache_dir")
+
+
+def _method_flags() -> dict[str, Any]:
+    """{config field: Flag} over all registered methods (one CLI flag per field)."""
+    from generalad.methods import list_methods, method_info
+
+    flags: dict[str, Any] = {}
+    for name in list_methods():
+        for flag in method_info(name).flags:
+            flags.setdefault(flag.field, flag)
+    return flags
+
+
 def _overrides(args: argparse.Namespace, config_cls) -> dict[str, Any]:
     """Model options from named flags, a YAML config file and ``--set key=value`` (later wins)."""
     import dataclasses
@@ -40,18 +57,7 @@ def _overrides(args: argparse.Namespace, config_cls) -> dict[str, Any]:
         except (OSError, yaml.YAMLError) as err:
             raise InputError(f"cannot read config file {args.config}: {err}".splitlines()[0]) from None
         out.update(loaded)
-    flag_map = {
-        "backbone": args.backbone,
-        "weights": args.weights,
-        "image_size": args.image_size,
-        "seed": args.seed,
-        "precision": args.precision,
-        "batch_size": args.batch_size,
-        "cache_dir": args.cache_dir,
-        "epochs": args.epochs,
-        "preset": args.preset,
-        "coreset_ratio": args.coreset_ratio,
-    }
+    flag_map = {key: getattr(args, key, None) for key in (*COMMON_FLAGS, *_method_flags())}
     for key, value in flag_map.items():
         if value is None:
             continue
@@ -97,55 +103,27 @@ def _print_json(obj: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------------- commands
 def cmd_fit(args: argparse.Namespace) -> int:
-    from generalad.data import contaminate, sample_shots
     from generalad.methods import get_method
+    from generalad.pipeline import fit_on, open_training
 
     cls = get_method(args.model)
     model = cls(**_overrides(args, cls.Config))
-    ds = _open(args)
-    moved = []
-    if args.contaminate:
-        ds, moved = contaminate(ds, args.contaminate, seed=args.seed or 0)
-    train = list(ds.train)
-    excluded = _read_list(args.exclude) if args.exclude else set()
-    if excluded:
-        train = [s for s in train if s.path not in excluded]
-    if args.shots:
-        train = sample_shots(train, args.shots, seed=args.seed or 0, mode=args.shots_mode)
-    model.run_info_ = {
-        "root": str(Path(args.data).resolve()),
-        "dataset": ds.name,
-        "category": ds.category,
-        "category_arg": args.category,
-        "normal_class": args.normal_class,
-        "split": args.split or "official",
-        "shots": args.shots,
-        "shots_mode": args.shots_mode if args.shots else None,
-        "contaminated_with": [s.path for s in moved],
-        "excluded": sorted(excluded),
-    }
-    fit_kwargs = {}
-    if getattr(args, "select_on_test", False):
-        fit_kwargs["select_on_test"] = ds.test
-    model.fit(train, calibration=ds.validation or None, progress=not args.quiet, **fit_kwargs)
+    run = open_training(
+        args.data, category=args.category, normal_class=args.normal_class, split=args.split or "official",
+        contaminate_n=args.contaminate or 0, exclude=args.exclude, shots=args.shots, shots_mode=args.shots_mode,
+        seed=args.seed or 0,
+    )
+    fit_on(model, run, select_on_test=args.select_on_test, progress=not args.quiet)
     model.save(args.out)
     _print_json({"run": str(args.out), **model.describe(), **model.fit_info_, "threshold": model.threshold_})
     return 0
-
-
-def _read_list(path: str) -> set[str]:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as err:
-        raise InputError(f"cannot read exclude list {path}: {err.strerror}") from None
-    return {line.split("\t")[0].strip() for line in lines if line.strip() and not line.startswith("#")}
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     from generalad.evaluate import evaluate
     from generalad.methods import load_model
 
-    model = load_model(args.run, weights=args.weights)
+    model = load_model(args.run, weights=args.weights, device=args.device)
     ds = _open(args, model.run_info_)
     eval_size = None if args.eval_size == "native" else (int(args.eval_size),) * 2
     metrics = evaluate(
@@ -166,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from generalad.methods import load_model
     from generalad.predict import predict_folder
 
-    model = load_model(args.run, weights=args.weights)
+    model = load_model(args.run, weights=args.weights, device=args.device)
     records = predict_folder(model, _list_images(args.inputs), args.out, save_maps=args.save_maps, progress=not args.quiet)
     n_anom = sum(r.pred_label for r in records)
     _print_json({"n_images": len(records), "n_anomalous": n_anom, "threshold": model.threshold_, "out": str(args.out)})
@@ -177,7 +155,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from generalad.methods import load_model
     from generalad.speed import measure_speed
 
-    model = load_model(args.run, weights=args.weights)
+    model = load_model(args.run, weights=args.weights, device=args.device)
     _print_json(measure_speed(model, _list_images([args.images]), batch_size=args.batch_size, repeats=args.repeats))
     return 0
 
@@ -185,24 +163,23 @@ def cmd_speed(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from generalad.benchmark import run_benchmark
 
-    run_benchmark(args.config_file, out=args.out, quiet=args.quiet)
+    run_benchmark(args.config_file, out=args.out, quiet=args.quiet, device=args.device)
     return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from generalad.clean import rank_training_images, write_clean_list
-    from generalad.data import contaminate
+    from generalad.pipeline import open_training
 
-    ds = _open(args)
-    moved = []
-    if args.contaminate:
-        ds, moved = contaminate(ds, args.contaminate, seed=args.seed or 0)
-    options = {k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("seed", args.seed),
-                                 ("image_size", args.image_size), ("cache_dir", args.cache_dir)) if v is not None}
+    run = open_training(args.data, category=args.category, normal_class=args.normal_class,
+                        split=args.split or "official", contaminate_n=args.contaminate or 0, seed=args.seed or 0)
+    moved = run.contaminants
+    options = {k: getattr(args, k) for k in ("backbone", "weights", "seed", "image_size", "cache_dir", "device",
+                                             "precision") if getattr(args, k) is not None}
     if args.kth is not None:
         options["kth"] = args.kth
     records = rank_training_images(
-        ds.train, statistic=args.statistic, k=args.k, drop_fraction=args.drop_fraction, **options
+        run.train, statistic=args.statistic, k=args.k, drop_fraction=args.drop_fraction, **options
     )
     write_clean_list(records, args.out)
     flagged = {r["path"] for r in records if r["flagged"]}
@@ -241,20 +218,35 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--split", help="dataset split protocol: official (default) or a parity split")
 
 
+def _add_device_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    p.add_argument("--device", help="auto (default: CUDA when present) | cpu | cuda | cuda:N")
+    if precision:
+        p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                       help="auto (default): bf16 only where this device runs it faster, else fp32")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="generalad", description="Visual anomaly detection across domains.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="fit a model on normal training images")
-    fit.add_argument("--model", required=True, help="patchcore | generalad | inreach")
+    from generalad.methods import list_methods, method_info
+
+    methods = list_methods()
+    fit = sub.add_parser("fit", help="fit a model on normal training images", formatter_class=argparse.RawTextHelpFormatter)
+    # no argparse choices: an unknown name goes through the one error path (generalad: error: ..., exit 2)
+    fit.add_argument("--model", required=True, metavar="MODEL",
+                     help="\n".join(f"{n}: {method_info(n).summary}" for n in methods))
     _add_data_args(fit)
     fit.add_argument("--backbone", help="backbone name, e.g. efficientnet_lite0, dinov2_vits14")
     fit.add_argument("--weights", help="local weights file for the backbone")
     fit.add_argument("--image-size", type=int)
-    fit.add_argument("--epochs", type=int)
-    fit.add_argument("--preset", help="generalad: industrial | logical | semantic | near_distribution")
-    fit.add_argument("--coreset-ratio", type=float)
-    fit.add_argument("--precision", choices=["bf16", "fp32"])
+    users: dict[str, list[str]] = {}
+    for n in methods:
+        for flag in method_info(n).flags:
+            users.setdefault(flag.field, []).append(n)
+    for field, flag in _method_flags().items():
+        fit.add_argument(f"--{field.replace('_', '-')}", type=flag.type, help=f"{', '.join(users[field])}: {flag.help}")
+    _add_device_args(fit)
     fit.add_argument("--batch-size", type=int)
     fit.add_argument("--cache-dir", help="frozen-feature cache folder")
     fit.add_argument("--seed", type=int)
@@ -273,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(test)
     test.add_argument("--weights", help="backbone weights file (if not at the recorded path)")
     test.add_argument("--eval-size", default="256", help="evaluation resolution for pixel metrics, or 'native'")
+    _add_device_args(test, precision=False)
     test.add_argument("--out", required=True)
     test.set_defaults(func=cmd_test)
 
@@ -281,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pred.add_argument("--weights")
     pred.add_argument("--save-maps", action="store_true", help="also write raw float32 maps (.npy)")
+    _add_device_args(pred, precision=False)
     pred.add_argument("--out", required=True)
     pred.set_defaults(func=cmd_predict)
 
@@ -290,11 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--batch-size", type=int, default=16)
     speed.add_argument("--repeats", type=int, default=1)
     speed.add_argument("--weights")
+    _add_device_args(speed, precision=False)
     speed.set_defaults(func=cmd_speed)
 
     bench = sub.add_parser("benchmark", help="models x datasets x categories from a YAML file -> tables")
     bench.add_argument("config_file", metavar="CONFIG.yaml")
     bench.add_argument("--out", help="output folder (default: from the YAML file)")
+    _add_device_args(bench, precision=False)
     bench.set_defaults(func=cmd_benchmark)
 
     clean = sub.add_parser(
@@ -307,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--cache-dir")
     clean.add_argument("--contaminate", type=int, help="move N anomalous test images into training first")
     clean.add_argument("--image-size", type=int)
+    _add_device_args(clean)
     clean.add_argument("--statistic", default="loo_distance",
                        help="loo_distance (leave-one-out patch distance) or an InReaCh channel statistic")
     clean.add_argument("--k", type=float, default=3.0, help="flag scores above median + k * MAD")
@@ -319,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="offline end-to-end run on generated data with bundled weights")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--model", default="all", help="patchcore | generalad | all")
+    demo_methods = [n for n in methods if method_info(n).demo is not None]
+    demo.add_argument("--model", default="all", help=" | ".join([*demo_methods, "all"]))
     demo.set_defaults(func=cmd_demo)
 
     doctor = sub.add_parser("doctor", help="check the environment and which weights are available")

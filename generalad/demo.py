@@ -73,25 +73,26 @@ def make_synthetic_category(
 
 
 def run_demo(out: str | Path, *, model: str = "all", quiet: bool = False) -> dict[str, Any]:
-    """Generate data, fit, test and predict with PatchCore and GeneralAD on EfficientNet-Lite0, offline."""
-    from generalad.data import open_dataset
+    """Generate data, then fit, test and predict every method the registry puts in the demo, offline,
+    on EfficientNet-Lite0 (GeneralAD on a CNN uses its feature-norm saliency fallback)."""
     from generalad.evaluate import evaluate
-    from generalad.methods import get_method
+    from generalad.methods import get_method, list_methods, method_info
+    from generalad.pipeline import fit_on, open_training
     from generalad.predict import predict_samples
 
     out = Path(out)
     data = make_synthetic_category(out / "data" / "synthetic_surface")
-    ds = open_dataset(data)
-    names = ["patchcore", "generalad"] if model == "all" else [model]
-    # small and quick on 2 CPU cores; GeneralAD on a CNN uses its feature-norm saliency fallback
-    options = {"patchcore": {"image_size": 160}, "generalad": {"image_size": 160}}
+    run = open_training(data)
+    names = [n for n in list_methods() if method_info(n).demo is not None] if model == "all" else [model]
     summary: dict[str, Any] = {"data": str(data), "backbone": "efficientnet_lite0 (ImageNet, bundled)"}
     for name in names:
-        est = get_method(name)(backbone="efficientnet_lite0", **options.get(name, {}))
-        est.fit(ds.train, progress=not quiet)
+        options = method_info(name).demo or {}  # small and quick on 2 CPU cores
+        est = get_method(name)(**{"backbone": "efficientnet_lite0", **options})
+        fit_on(est, run, progress=not quiet)
         est.save(out / name / "model")
-        metrics = evaluate(est, ds.test, out_dir=out / name / "test", has_masks=True, progress=not quiet)
-        predict_samples(est, ds.test[:4], out / name / "predict")
-        summary[name] = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "images_per_second")}
+        metrics = evaluate(est, run.dataset.test, out_dir=out / name / "test", has_masks=True, progress=not quiet)
+        predict_samples(est, run.dataset.test[:4], out / name / "predict")
+        summary[name] = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "images_per_second",
+                                                      "precision", "device")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -20,3 +20,7 @@ class WeightsError(GeneralADError):
 
 class ConfigError(GeneralADError):
     """An unknown model/backbone name or an invalid option value."""
+
+
+class NotFittedError(ConfigError):
+    """A model used before ``fit()`` or ``load_model()`` (scikit-learn's name for the same thing)."""

@@ -3,8 +3,8 @@
 Every writer here puts its bytes into a temporary sibling of the target (same directory, so the final
 ``os.replace`` is a same-filesystem rename and therefore atomic), fsyncs it, renames it into place and
 then fsyncs the directory so the rename itself survives a power cut. Temporary names look like
-``.<name>.<random>.gad-tmp`` (``.gad-old`` for a directory being replaced) so that a cleanup command
-can find leftovers of killed processes with :func:`stale_temp_paths` without touching anything else.
+``.<name>.<random>.gad-tmp`` (``.gad-old`` for a directory being replaced: ``TMP_SUFFIX``, ``OLD_SUFFIX``)
+so that a cleanup can find leftovers of killed processes without touching anything else.
 """
 
 from __future__ import annotations
@@ -77,16 +77,6 @@ def _commit(tmp: Path, final: Path) -> None:
 def _discard(tmp: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-
-
-def stale_temp_paths(directory: PathLike) -> list[Path]:
-    """Leftover temp files/dirs of killed writers directly inside ``directory`` (for ``clean``)."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    return sorted(
-        p for p in d.iterdir() if p.name.startswith(".") and p.name.endswith((TMP_SUFFIX, OLD_SUFFIX))
-    )
 
 
 # --------------------------------------------------------------------------- whole-file writes

@@ -26,7 +26,7 @@ def predict_samples(
         (out / "images").mkdir(parents=True, exist_ok=True)
     desc = model.describe()
     thr, pix_thr = model.threshold_, model.pixel_threshold_
-    vmin, vmax = model.pixel_calibration_.display_range()  # fixed scale for the whole run (field.md §5)
+    vmin, vmax = model.pixel_calibration_.display_range()  # fixed scale for the whole run (docs/PROTOCOLS.md §5)
     records: list[Prediction] = []
     t_prev = time.perf_counter()
     for chunk, scores, maps in model.infer_batches(samples, use_cache=False, progress=progress):

@@ -1,4 +1,4 @@
-"""Per-image prediction records (JSONL + CSV) and heat-map overlays (field notes §5).
+"""Per-image prediction records (JSONL + CSV) and heat-map overlays (docs/PROTOCOLS.md §5).
 
 Records carry RAW scores; ``score_normalised`` is display-only. Overlays colour the anomaly map on a
 FIXED scale (``vmin``/``vmax`` from calibration statistics, the same for every image of a run): per-image
@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -68,25 +68,13 @@ class Prediction:
         rec["is_anomalous"] = self.is_anomalous
         return to_jsonable(rec)
 
-    @classmethod
-    def from_record(cls, rec: Mapping[str, Any]) -> Prediction:
-        """Inverse of :meth:`to_record` (aliases dropped; pred_label re-derived, null score → NaN)."""
-        names = {f.name for f in fields(cls)} - {"pred_label"}
-        kw = {k: v for k, v in rec.items() if k in names}
-        if kw.get("pred_score") is None:
-            kw["pred_score"] = math.nan
-        return cls(**kw)
-
 
 _FIELD_ORDER = (
     "path", "category", "split", "gt_label", "pred_score", "threshold", "pred_label", "score_normalised",
     "map_path", "mask_path", "regions", "model", "backbone", "weights_sha256", "image_size", "latency_ms",
 )  # fmt: skip
 COLUMNS: tuple[str, ...] = _FIELD_ORDER + ("label", "score", "is_anomalous")
-_INT_COLS = {"gt_label", "pred_label", "label"}
-_FLOAT_COLS = {"pred_score", "threshold", "score_normalised", "score", "latency_ms"}
 _JSON_COLS = {"regions", "image_size"}
-_STR_COLS = {"path", "category", "split", "model", "backbone", "weights_sha256"}
 
 
 def _record(r: Prediction | Mapping[str, Any]) -> dict[str, Any]:
@@ -121,32 +109,6 @@ def write_predictions(
             jw.write(rec)
             cw.writerow([_csv_cell(c, rec.get(c)) for c in COLUMNS])
     return jsonl_path, csv_path
-
-
-def _parse_cell(name: str, text: str) -> Any:
-    if text == "":  # plain string columns keep "", typed and path columns were null, regions empty
-        return "" if name in _STR_COLS else ([] if name == "regions" else None)
-    if name in _JSON_COLS:
-        return json.loads(text)
-    if name in _INT_COLS:
-        return int(text)
-    if name in _FLOAT_COLS:
-        return float(text)
-    if name == "is_anomalous":
-        return text == "true"
-    return text
-
-
-def read_predictions(path: PathLike) -> list[dict[str, Any]]:
-    """Read a predictions.jsonl or predictions.csv back into a list of typed dicts."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: predictions file not found")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text)))
-        return [{k: _parse_cell(k, v) for k, v in row.items()} for row in rows]
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------- regions
@@ -326,42 +288,6 @@ def render_overlay(
     return np.concatenate([out, strip], axis=0)
 
 
-def _mask_rgb(mask: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray:
-    if mask is None:  # unknown: mid grey, distinct from an all-black "no defect" mask
-        return np.full((*hw, 3), 96, dtype=np.uint8)
-    return np.repeat((np.asarray(mask, dtype=bool) * np.uint8(255))[..., None], 3, axis=2)
-
-
-def render_panel(
-    image: np.ndarray,
-    gt: np.ndarray | None,
-    overlay: np.ndarray,
-    pred_mask: np.ndarray | None,
-    *,
-    gap: int = 4,
-) -> np.ndarray:
-    """4-panel figure: image | ground truth | overlay | predicted mask, titled; (H', W', 3) uint8.
-
-    ``gt``/``pred_mask`` are bool (H, W) or None (drawn grey = unknown); ``overlay`` is
-    :func:`render_overlay` output (taller because of its caption; the other panels are padded).
-    """
-    img = _to_uint8_rgb(image)
-    hw = img.shape[:2]
-    panels = [img, _mask_rgb(gt, hw), np.asarray(overlay, dtype=np.uint8), _mask_rgb(pred_mask, hw)]
-    height = max(p.shape[0] for p in panels)
-    bg = (24, 24, 24)
-    padded = [np.pad(p, ((0, height - p.shape[0]), (0, gap), (0, 0)), constant_values=bg[0]) for p in panels]
-    body = np.concatenate(padded, axis=1)[:, :-gap] if gap else np.concatenate(padded, axis=1)
-    font_size = max(10, min(28, hw[1] // 30))
-    title_h = int(font_size * 1.6)
-    titles = Image.new("RGB", (body.shape[1], title_h), bg)
-    draw = ImageDraw.Draw(titles)
-    font = _font(font_size)
-    for i, name in enumerate(("image", "ground truth", "overlay", "predicted mask")):
-        draw.text((i * (hw[1] + gap) + 4, font_size // 4), name, fill=(230, 230, 230), font=font)
-    return np.concatenate([np.asarray(titles), body], axis=0)
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -376,7 +302,7 @@ def save_png(path: PathLike, array: np.ndarray) -> Path:
 
 
 def save_mask_png(path: PathLike, mask: np.ndarray) -> Path:
-    """Save a predicted mask as a 0/255 single-channel PNG (field notes §5)."""
+    """Save a predicted mask as a 0/255 single-channel PNG (docs/PROTOCOLS.md §5)."""
     return save_png(path, np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
 
 

@@ -110,7 +110,7 @@ class _Recorder:
     def __init__(self, **options) -> None:
         self.options = options
 
-    def fit(self, train, calibration=None) -> None:
+    def fit(self, train, calibration=None, progress=False) -> None:
         _Recorder.fitted.append(list(train))
 
 

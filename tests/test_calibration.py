@@ -1,4 +1,4 @@
-"""Normal-only threshold rules (field notes §4) on hand-computed data."""
+"""Normal-only threshold rules (docs/PROTOCOLS.md §4) on hand-computed data."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from generalad.calibration import Calibration, PixelCalibration, ThresholdRule, calibrate, calibrate_pixels
 from generalad.errors import ConfigError
+from tests.helpers import decide, parse_threshold_rule
 
 
 def test_quantile_rule_with_enough_scores() -> None:
@@ -51,7 +52,7 @@ def test_stats_and_decide() -> None:
     assert cal.stats["mean"] == 2.0 and cal.stats["min"] == 0.0 and cal.stats["max"] == 4.0
     assert cal.stats["q50"] == 2.0
     assert set(cal.stats) == {"mean", "std", "min", "max", "q50", "q95", "q99"}
-    assert cal.decide([4.0, 4.0001, -1.0]).tolist() == [0, 1, 0]  # strictly greater
+    assert decide(cal, [4.0, 4.0001, -1.0]).tolist() == [0, 1, 0]  # strictly greater
 
 
 @pytest.mark.parametrize("bad", [np.array([]), [], np.array([1.0, np.nan])])
@@ -65,11 +66,11 @@ def test_rule_validation_and_parse() -> None:
         ThresholdRule("median")
     with pytest.raises(ConfigError):
         ThresholdRule(q=1.5)
-    assert ThresholdRule.parse("fpr:0.05") == ThresholdRule("fpr", target_fpr=0.05)
-    assert ThresholdRule.parse("mean_std:2") == ThresholdRule("mean_std", k=2.0)
-    assert ThresholdRule.parse("max") == ThresholdRule("max")
+    assert parse_threshold_rule("fpr:0.05") == ThresholdRule("fpr", target_fpr=0.05)
+    assert parse_threshold_rule("mean_std:2") == ThresholdRule("mean_std", k=2.0)
+    assert parse_threshold_rule("max") == ThresholdRule("max")
     with pytest.raises(ConfigError):
-        ThresholdRule.parse("max:3")
+        parse_threshold_rule("max:3")
 
 
 def test_round_trip_through_json() -> None:

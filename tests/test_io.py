@@ -20,8 +20,8 @@ from generalad.io import (
     atomic_write_json,
     atomic_write_text,
     load_safetensors,
-    stale_temp_paths,
 )
+from tests.helpers import stale_temp_paths
 
 
 def _only(tmp_path: Path) -> list[str]:

@@ -17,14 +17,13 @@ from generalad.report import (
     TURBO,
     Prediction,
     colorize,
-    read_predictions,
     regions_from_map,
     render_overlay,
-    render_panel,
     save_mask_png,
     save_png,
     write_predictions,
 )
+from tests.helpers import prediction_from_record, read_predictions, render_panel
 
 FIELD_NOTES_KEYS = {
     "path", "category", "split", "gt_label", "pred_score", "threshold", "pred_label", "score_normalised",
@@ -63,7 +62,7 @@ def test_jsonl_and_csv_round_trip_with_all_keys(tmp_path: Path) -> None:
     first = from_jsonl[0]
     assert first["label"] == 1 and first["score"] == 2.5 and first["is_anomalous"] is True
     assert csv_path.read_text().splitlines()[0] == ",".join(COLUMNS)
-    assert Prediction.from_record(from_csv[0]) == _preds()[0]
+    assert prediction_from_record(from_csv[0]) == _preds()[0]
 
 
 def test_nan_score_written_as_null(tmp_path: Path) -> None:

@@ -1,9 +1,15 @@
-"""Batched feature extraction with an on-disk cache (generalad.md §2 "Caching").
+"""Batched feature extraction with an on-disk cache (docs/methods/generalad.md §2, "Cache").
 
 A frozen backbone without augmentation gives the same features for the same image every time, so each
 image's features are stored once, fp16, in ``<cache_dir>/<key[:2]>/<key>.safetensors``. The key hashes
 everything the features depend on: backbone name, weights sha256, layers, input size, precision, whether
 attention was kept, the pre-processing version and the image's content hash.
+
+Devices: the backbone runs wherever its parameters are; batches are moved there and the features come back
+as float32 CPU tensors whatever the device. On CUDA each batch is pinned by the decode thread and uploaded
+with ``non_blocking``, and its features are downloaded into pinned buffers without blocking: the host
+stores batch k (collector copy, fp16 cache files) while the GPU runs batch k+1. Precision "auto" is
+resolved on the backbone's device (generalad.device) before it enters the cache key.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from generalad.backbones.base import Backbone, FeatureSet, preprocess
+from generalad.device import PRECISIONS, autocast, resolve_precision, synchronize  # noqa: F401 (PRECISIONS re-exported)
 from generalad.errors import ConfigError
 
 CACHE_FORMAT = 1
 PREPROCESS_VERSION = "bicubic-antialias-clamp-v1"  # bump when preprocess() changes its output
-PRECISIONS = ("bf16", "fp32")
 
 
 def _data_api() -> tuple[Callable[[Any], np.ndarray], Callable[[Any], str]]:
@@ -37,18 +42,32 @@ def _data_api() -> tuple[Callable[[Any], np.ndarray], Callable[[Any], str]]:
     return read_image, content_hash
 
 
-def _check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r} (--precision); choose one of: {', '.join(PRECISIONS)}")
-    return precision
-
-
-def _autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def _check_precision(precision: str, device: torch.device) -> str:
+    """``"bf16"``/``"fp32"`` as given, ``"auto"`` resolved on ``device``; else a one-line ConfigError."""
+    return resolve_precision(precision, device)
 
 
 def _device(backbone: Backbone) -> torch.device:
     return next(backbone.parameters()).device
+
+
+def _to_host(tensors: list[torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], Any]:
+    """float32 CPU copies of ``tensors`` and what to wait on before reading them (None: ready now).
+
+    On CUDA the copies go into pinned buffers with ``non_blocking`` and a CUDA event marks their end, so
+    the caller can queue the next batch before waiting; elsewhere ``.float().cpu()`` (synchronous).
+    """
+    if device.type != "cuda":
+        return [t.float().cpu() for t in tensors], None
+    out = []
+    for t in tensors:
+        t = t.float()
+        host = torch.empty(t.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        out.append(host)
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(device))
+    return out, done
 
 
 def feature_key(
@@ -157,13 +176,17 @@ def extract_features(
 ) -> FeatureSet:
     """Features of every sample, in order: maps (N, C, h, w) and attention (N, heads, h*w) float32 on the CPU.
 
+    The backbone runs on its parameters' device (see the module docstring); ``precision`` is "bf16", "fp32"
+    or "auto" (resolved on that device).
+
     ``cache_dir``: reuse / store per-image features there (fp16; results are then fp16-rounded on the first
     run too, so a cached rerun returns bit-identical features). ``num_workers``: background threads that
     decode + resize the next batches while this one runs (0 = all in this thread). Measured on the shared
     2-core box (16 bottle PNGs, 224 px, fp32): 1 thread gave 2-3x the images/s of 0; 2 threads no more than 1.
     """
     size = backbone.check_image_size(image_size)
-    _check_precision(precision)
+    device = _device(backbone)
+    precision = _check_precision(precision, device)
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size} (--batch-size)")
     if with_attention and backbone.kind != "vit":
@@ -190,27 +213,40 @@ def extract_features(
         bar.update(len(samples) - len(todo))
 
     # 2. the rest through the backbone, decoding ahead in the background when asked
-    def load(indices: list[int]) -> torch.Tensor:
-        return preprocess([read_image(samples[i]) for i in indices], size, backbone.mean, backbone.std)
+    pin = device.type == "cuda"
 
-    device = _device(backbone)
+    def load(indices: list[int]) -> torch.Tensor:
+        x = preprocess([read_image(samples[i]) for i in indices], size, backbone.mean, backbone.std)
+        return x.pin_memory() if pin else x  # pinned in the decode thread: the upload does not block
+
+    def store(indices: list[int], outs: list[torch.Tensor], ready: Any) -> None:
+        if ready is not None:
+            ready.synchronize()  # the non-blocking download of this batch has landed
+        if paths:  # round like the cache stores it, so first and cached runs agree exactly
+            outs = [t.half().float() for t in outs]
+        for j, i in enumerate(indices):
+            per_image = [t[j] for t in outs]
+            collector.put(i, per_image)
+            if paths:
+                _write_cached(paths[i], per_image, with_attention, meta)
+        bar.update(len(indices))
+
     meta = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256, "precision": precision}
     batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
+    pending: tuple[list[int], list[torch.Tensor], Any] | None = None  # CUDA: stored after the next launch
     with torch.inference_mode():
         for indices, x in _prefetched(batches, load, num_workers):
-            with _autocast(device, precision):
-                feats = backbone(x.to(device), with_attention=with_attention)
-            outs = [m.float().cpu() for m in feats.maps]
-            if with_attention:
-                outs.append(feats.attention.float().cpu())
-            if paths:  # round like the cache stores it, so first and cached runs agree exactly
-                outs = [t.half().float() for t in outs]
-            for j, i in enumerate(indices):
-                per_image = [t[j] for t in outs]
-                collector.put(i, per_image)
-                if paths:
-                    _write_cached(paths[i], per_image, with_attention, meta)
-            bar.update(len(indices))
+            with autocast(device, precision):
+                feats = backbone(x.to(device, non_blocking=pin), with_attention=with_attention)
+            outs, ready = _to_host(feats.maps + ([feats.attention] if with_attention else []), device)
+            if pending is not None:
+                store(*pending)
+            pending = (indices, outs, ready)
+            if ready is None:  # nothing to overlap with
+                store(*pending)
+                pending = None
+        if pending is not None:
+            store(*pending)
     bar.close()
     return collector.result(with_attention)
 
@@ -224,23 +260,20 @@ def backbone_throughput(
     *,
     warmup: int = 1,
 ) -> float:
-    """Images per second of the bare forward on random input (no decoding, no resize, no cache)."""
+    """Images per second of the bare forward on random input (no decoding, no resize, no cache), on the
+    backbone's device at ``precision`` ("auto" resolved there); the clock is read after a device sync."""
     h, w = backbone.check_image_size(image_size)
-    _check_precision(precision)
     device = _device(backbone)
+    precision = _check_precision(precision, device)
     x = torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for _ in range(warmup):
             backbone(x)
-        sync()
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(n_batches):
             backbone(x)
-        sync()
+        synchronize(device)
         elapsed = time.perf_counter() - start
     return batch_size * n_batches / elapsed

@@ -1,4 +1,4 @@
-"""DINOv2 ViTs through timm, with key conversion and an explicit CLS→patch attention (generalad.md §2).
+"""DINOv2 ViTs through timm, with key conversion and an explicit CLS→patch attention (docs/methods/generalad.md §2).
 
 Weights files may use three key layouts; all are converted to timm's before a strict load:
 

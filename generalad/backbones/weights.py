@@ -1,4 +1,4 @@
-"""Pretrained weights: local file (sha256) → download cache → one clear error (field.md §7).
+"""Pretrained weights: local file (sha256) → download cache → one clear error (docs/PROTOCOLS.md §7).
 
 Every family goes through the same steps:
 

@@ -1,6 +1,6 @@
 """Datasets → sorted lists of ``Sample``; robust image and mask decoding.
 
-``open_dataset`` recognises the common anomaly-detection layouts (field.md §1), the original CIFAR / MNIST
+``open_dataset`` recognises the common anomaly-detection layouts (docs/PROTOCOLS.md §1), the original CIFAR / MNIST
 downloads and the semantic / near-distribution sets of GeneralAD's protocols (View, FGVC-Aircraft, Stanford Cars,
 Cats vs Dogs), and fails with one-line errors naming the folder when it cannot.
 """
@@ -19,8 +19,8 @@ from generalad.data.classfolder import NormalClass, read_classfolder
 from generalad.data.dagm import read_dagm
 from generalad.data.fgvc_aircraft import find_data_dir, read_fgvc_aircraft
 from generalad.data.idx import find_idx_dir, read_mnist
-from generalad.data.images import content_hash, image_hw, read_image, read_mask
-from generalad.data.loco import loco_defects_config, read_loco
+from generalad.data.images import content_hash, image_hw, read_image, read_mask, read_mask_values
+from generalad.data.loco import LocoDefect, loco_defects_config, read_loco, read_loco_defects
 from generalad.data.mvtec import read_mvtec
 from generalad.data.sample import Dataset, Sample, contaminate, sample_shots, split_holdout
 from generalad.data.stanford_cars import find_base, read_stanford_cars
@@ -32,6 +32,7 @@ __all__ = [
     "LAYOUTS",
     "READER_OPTIONS",
     "Dataset",
+    "LocoDefect",
     "Sample",
     "contaminate",
     "content_hash",
@@ -39,7 +40,9 @@ __all__ = [
     "loco_defects_config",
     "open_dataset",
     "read_image",
+    "read_loco_defects",
     "read_mask",
+    "read_mask_values",
     "sample_shots",
     "split_holdout",
 ]

@@ -1,4 +1,4 @@
-"""Cats vs Dogs, one-class protocol with a seeded 80/20 split (generalad.md §10; qualitative in the paper).
+"""Cats vs Dogs, one-class protocol with a seeded 80/20 split (docs/methods/generalad.md §10; qualitative in the paper).
 
 Accepted downloads (``<root>`` may also be the folder holding ``PetImages/``)::
 

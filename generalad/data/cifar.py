@@ -2,7 +2,7 @@
 
 ``cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` and
 ``cifar-100-python/{train, test, meta}`` (CIFAR-100 uses the 20 ``coarse_labels`` superclasses,
-generalad.md §10). Each file is a pickled dict holding a (N, 3072) uint8 array, channel-major.
+docs/methods/generalad.md §10). Each file is a pickled dict holding a (N, 3072) uint8 array, channel-major.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One-class protocol on class-labelled data (generalad.md §10, semantic one-vs-rest).
+"""One-class protocol on class-labelled data (docs/methods/generalad.md §10, semantic one-vs-rest).
 
 Folder layout::
 

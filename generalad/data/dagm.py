@@ -7,7 +7,7 @@
 ```
 Labels.txt: a header line (a count or version), then one row per image, whitespace-separated:
 ``index  flag  imagefile  0  maskfile`` with flag 1 = defective and maskfile "0" when there is none.
-Anomaly-detection protocol (field.md §1): train on the defect-free ``Train`` images, test on all of ``Test``.
+Anomaly-detection protocol (docs/PROTOCOLS.md §1): train on the defect-free ``Train`` images, test on all of ``Test``.
 When Labels.txt is absent (or does not list an image), an image is defective iff ``Label/<stem>_label.*``
 exists — the mask files are the ground truth either way.
 """

@@ -1,4 +1,4 @@
-"""FGVC-Aircraft 2013b at variant level, the layout and splits torchvision uses (generalad.md §10).
+"""FGVC-Aircraft 2013b at variant level, the layout and splits torchvision uses (docs/methods/generalad.md §10).
 
 ``<root>`` may be torchvision's root (holding ``fgvc-aircraft-2013b/``), that folder, or its ``data/``::
 
@@ -24,7 +24,7 @@ from generalad.errors import ConfigError, InputError
 
 ARCHIVE_DIR = "fgvc-aircraft-2013b"
 VARIANTS_FILE = "variants.txt"
-#: GeneralAD's listed variants (indices into variants.txt), generalad.md §7.
+#: GeneralAD's listed variants (indices into variants.txt), docs/methods/generalad.md §10.
 TEST_CLASSES: tuple[int, ...] = (91, 96, 59, 19, 37, 45, 90, 68, 74, 89)
 
 

@@ -186,19 +186,26 @@ def read_mask(
 
     ``image_hw`` is the size of the sample's image (read from its header when omitted). A mask of another
     size is an error naming both files — masks are never silently resized here. ``threshold=127`` suits
-    anti-aliased masks (field.md §1); the default 0 is the standard ``> 0`` rule.
+    anti-aliased masks (docs/PROTOCOLS.md §1); the default 0 is the standard ``> 0`` rule.
     """
     hw = image_hw if image_hw is not None else _hw_of(sample)
     out = np.zeros(hw, dtype=bool)
     for mask_path in sample.mask_paths:
-        path = Path(mask_path)
-        values = _mask_values(_decode(path, "mask"), str(path))
-        if values.shape != tuple(hw):
-            raise InputError(
-                f"mask {path} is {values.shape[1]}x{values.shape[0]} but image {sample.path} is {hw[1]}x{hw[0]}"
-            )
-        out |= values > threshold
+        out |= read_mask_values(mask_path, hw, image=sample.path) > threshold
     return out
+
+
+def read_mask_values(path: str | Path, image_hw: tuple[int, int] | None = None, *, image: str = "") -> np.ndarray:
+    """One mask file's raw per-pixel values, (H, W), before any binarisation (colour masks: the max over
+    R, G, B; palette masks: the index). MVTec LOCO stores one defect per file, its pixels carrying the
+    defect's ``pixel_value``. With ``image_hw`` a mask of another size is an error naming the file and
+    ``image`` (the image's path)."""
+    path = Path(path)
+    values = _mask_values(_decode(path, "mask"), str(path))
+    if image_hw is not None and values.shape != tuple(image_hw):
+        h, w = image_hw
+        raise InputError(f"mask {path} is {values.shape[1]}x{values.shape[0]} but image {image or '?'} is {w}x{h}")
+    return values
 
 
 _hw_of = image_hw  # read_mask's parameter shadows the function name (the contract fixes both names)

@@ -1,7 +1,7 @@
 """``Sample`` and ``Dataset`` records plus the seeded subset protocols (hold-out, few-shot, contamination).
 
 Every protocol works on the *sorted* sample list and a numpy ``default_rng(seed)``, so the chosen files depend
-only on the file names and the seed, never on the filesystem's listing order (generalad.md §11.2).
+only on the file names and the seed, never on the filesystem's listing order (docs/PROTOCOLS.md §1).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def split_holdout(
 def sample_shots(
     samples: Sequence[Sample], shots: int, seed: int, mode: Literal["random", "window"] = "random"
 ) -> list[Sample]:
-    """Few-shot training subset of ``shots`` samples, returned sorted (generalad.md §9).
+    """Few-shot training subset of ``shots`` samples, returned sorted (docs/methods/generalad.md §9).
 
     ``random``: seeded uniform choice without replacement from the sorted list (our default).
     ``window``: sorted indices ``seed … seed+shots-1`` modulo n — GeneralAD's parity mode.
@@ -97,7 +97,7 @@ def sample_shots(
 def contaminate(
     dataset: Dataset, n: int, seed: int, mode: Literal["anomalous_only"] = "anomalous_only"
 ) -> tuple[Dataset, list[Sample]]:
-    """Leak-free contaminated training (inreach.md §8): move ``n`` anomalous test images into ``train``.
+    """Leak-free contaminated training (docs/PROTOCOLS.md §2): move ``n`` anomalous test images into ``train``.
 
     The moved samples keep ``label=1`` and get ``split="train"``; they are REMOVED from ``test`` so no
     evaluated image was seen in training. The input dataset is not modified.

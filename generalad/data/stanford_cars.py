@@ -1,4 +1,4 @@
-"""Stanford Cars, one-class protocol (generalad.md §10): train = class c's train images, test = ALL test images.
+"""Stanford Cars, one-class protocol (docs/methods/generalad.md §10): train = class c's train images, test = ALL test images.
 
 ``<root>`` is torchvision's root (holding ``stanford_cars/``) or that folder::
 

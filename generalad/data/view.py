@@ -1,4 +1,4 @@
-"""View = Intel Image Classification, one-class protocol (generalad.md §10).
+"""View = Intel Image Classification, one-class protocol (docs/methods/generalad.md §10).
 
 Layout (the Kaggle archive nests each split one extra level; both forms are accepted)::
 

@@ -7,7 +7,7 @@ Raw layout (paths in the csv are relative to the VisA root)::
     <root>/split_csv/1cls.csv                     # object, split, label, image, mask
 
 ``split="official"`` follows 1cls.csv (e.g. candle: 900 train normals, 100 + 100 test).
-``split="upstream_80_20"`` is GeneralAD's parity split (generalad.md §10): the first 80 % of the *sorted*
+``split="upstream_80_20"`` is GeneralAD's parity split (docs/methods/generalad.md §10): the first 80 % of the *sorted*
 Normal listing trains, the other 20 % plus every anomaly is the test set.
 """
 

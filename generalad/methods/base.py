@@ -1,12 +1,20 @@
 """The estimator contract shared by every method.
 
-``AnomalyModel`` owns what all methods have in common — the frozen backbone, feature extraction and its
-cache, the normal-only calibration split, thresholds, maps at image size, and the model file — so that a
-method only implements three things on *features*:
+``AnomalyModel`` owns what all methods have in common — the frozen backbone on its device, feature
+extraction and its cache, the normal-only calibration split, thresholds, maps at image size, the model
+file and the scikit-learn contract (``get_params`` / ``set_params`` / ``repr``) — so that a method only
+implements three things on *features*:
 
-* ``_fit_features(features, samples)``: learn from the training features;
+* ``_fit_features(features, samples, held_out=held_features)``: learn from the training features (the
+  held-out normals' features come along, extracted once, e.g. for early stopping);
 * ``_infer_features(features) -> (image_scores, patch_grids)``: raw scores, higher = more anomalous;
 * ``_state()`` / ``_load_state(tensors)``: the learned tensors for ``model.safetensors``.
+
+Optional hooks: ``prepare(samples)`` (public: the training images features are extracted from, e.g.
+InReaCh's rotational alignment), ``_prepare_infer(chunk)`` / ``_grids_to_maps(grids, context)``, ``_final_scores``.
+
+Configuration is never rewritten after construction: ``device="auto"`` and ``precision="auto"`` are
+resolved on first use into ``device_`` / ``precision_`` (recorded in every model file and result).
 """
 
 from __future__ import annotations
@@ -23,10 +31,13 @@ import torch
 from generalad import __version__
 from generalad.calibration import Calibration, PixelCalibration, ThresholdRule, calibrate, calibrate_pixels
 from generalad.data import Sample, image_hw, split_holdout
-from generalad.errors import ConfigError, InputError
+from generalad.errors import ConfigError, InputError, NotFittedError
 from generalad.io import AtomicDir, atomic_save_safetensors, atomic_write_json, load_safetensors
 from generalad.nn.maps import resize_maps, upsample_maps
 
+PRECISIONS = ("auto", "bf16", "fp32")
+#: runtime settings, not part of what was learned: a model saved on one machine loads on another
+RUNTIME_FIELDS = ("device", "cache_dir")
 CONFIG_FILE = "config.json"
 STATE_FILE = "model.safetensors"
 
@@ -39,7 +50,10 @@ class BaseConfig:
     weights: str | None = None  # local weights file; None → bundled/downloaded default
     layers: list[str] | None = None  # backbone layers to tap; None → the backbone's default
     image_size: int = 224  # square working resolution (no crop)
-    precision: str = "bf16"  # "bf16" autocast or "fp32" for the backbone (and trainable parts)
+    # "auto": bf16 only where the device runs it faster (CUDA with bf16, CPUs with AMX / AVX512-BF16),
+    # fp32 elsewhere — generalad.device.resolve_precision; "bf16" autocast or "fp32" force one.
+    precision: str = "auto"
+    device: str = "auto"  # "auto" (CUDA when present) | "cpu" | "cuda" | "cuda:N"
     batch_size: int = 16
     seed: int = 0
     calibration_fraction: float = 0.1  # held-out slice of the training normals for thresholds
@@ -47,6 +61,12 @@ class BaseConfig:
     threshold: ThresholdRule = dataclasses.field(default_factory=ThresholdRule)
     pixel_quantile: float = 0.999
     cache_dir: str | None = None  # on-disk frozen-feature cache; None → no cache
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r} (--precision)")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"device must be a name such as 'auto', 'cpu' or 'cuda:0', got {self.device!r} (--device)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -78,18 +98,16 @@ class AnomalyModel:
     needs_attention: ClassVar[bool] = False
 
     def __init__(self, config: BaseConfig | None = None, **overrides: Any) -> None:
-        """Configure in the constructor, sklearn style: ``PatchCore(backbone="resnet18", coreset_ratio=0.01)``."""
-        config = config if config is not None else self.Config()
-        if overrides:
-            unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
-            if unknown:
-                raise ConfigError(f"unknown {self.name} option(s): {', '.join(unknown)}")
-            if isinstance(overrides.get("threshold"), dict):
-                overrides["threshold"] = ThresholdRule(**overrides["threshold"])
-            config = dataclasses.replace(config, **overrides)
-        self.config = config
+        """Configure in the constructor, sklearn style: ``PatchCore(backbone="resnet18", coreset_ratio=0.01)``.
+
+        The configuration is validated here (one-line ``ConfigError``) and never changed afterwards.
+        """
+        self.config = self._configured(config if config is not None else self.Config(), overrides)
         self.infer_chunk = 64  # images per inference chunk: features of one chunk live in memory at once
         self.backbone_: torch.nn.Module | None = None
+        self.device_: torch.device | None = None  # resolved from config.device on first use
+        self.precision_: str | None = None  # resolved from config.precision on first use
+        self._progress = False  # progress bars of the fit in progress (training loops read it)
         self.calibration_: Calibration | None = None
         self.pixel_calibration_: PixelCalibration | None = None
         self.fit_info_: dict[str, Any] = {}
@@ -98,16 +116,69 @@ class AnomalyModel:
         self.train_files_: list[str] = []
         self.calibration_files_: list[str] = []
 
-    # ----------------------------------------------------------------- backbone and features
+    def _configured(self, config: BaseConfig, overrides: dict[str, Any]) -> BaseConfig:
+        if not isinstance(config, self.Config):
+            raise ConfigError(f"{self.name} needs a {self.Config.__name__}, got {type(config).__name__}")
+        if not overrides:
+            return config
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+        if unknown:
+            raise ConfigError(f"unknown {self.name} option(s): {', '.join(unknown)}")
+        if isinstance(overrides.get("threshold"), dict):
+            overrides = {**overrides, "threshold": ThresholdRule(**overrides["threshold"])}
+        return dataclasses.replace(config, **overrides)
+
+    # ----------------------------------------------------------------- scikit-learn contract
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's options (``type(model)(**model.get_params())`` is an unfitted twin)."""
+        return {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+
+    def set_params(self, **params: Any) -> "AnomalyModel":
+        """Change options (validated like the constructor); they take effect at the next ``fit``."""
+        self.config = self._configured(self.config, params)
+        self.backbone_ = self.device_ = self.precision_ = None
+        return self
+
+    def __repr__(self) -> str:
+        default = self.Config()
+        changed = [f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config)
+                   if getattr(self.config, f.name) != getattr(default, f.name)]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    # ----------------------------------------------------------------- device, backbone and features
+    @property
+    def device(self) -> torch.device:
+        """The torch device everything runs on (``config.device`` resolved once)."""
+        if self.device_ is None:
+            from generalad.device import resolve_device
+
+            self.device_ = resolve_device(self.config.device)
+        return self.device_
+
+    @property
+    def precision(self) -> str:
+        """"bf16" or "fp32": ``config.precision`` resolved for this device (``auto`` = the faster one)."""
+        if self.precision_ is None:
+            from generalad.device import resolve_precision
+
+            self.precision_ = resolve_precision(self.config.precision, self.device)
+        return self.precision_
+
+    def _backbone_layers(self) -> list[str] | None:
+        """Backbone layers to tap: ``config.layers``, or the method's default for this backbone."""
+        return self.config.layers
+
     def backbone(self) -> torch.nn.Module:
-        """The frozen backbone, created on first use."""
+        """The frozen backbone on ``self.device``, created on first use."""
         if self.backbone_ is None:
             from generalad.backbones import create_backbone
 
-            self.backbone_ = create_backbone(self.config.backbone, weights=self.config.weights, layers=self.config.layers)
+            bb = create_backbone(self.config.backbone, weights=self.config.weights, layers=self._backbone_layers())
+            self.backbone_ = bb.to(self.device)
         return self.backbone_
 
     def extract(self, samples: Sequence[Sample], *, progress: bool = False, use_cache: bool = True):
+        """Frozen features of ``samples`` (a ``FeatureSet`` of float32 CPU tensors), cached when asked."""
         from generalad.backbones import extract_features
 
         return extract_features(
@@ -115,15 +186,33 @@ class AnomalyModel:
             list(samples),
             image_size=self.config.image_size,
             batch_size=self.config.batch_size,
-            precision=self.config.precision,
+            precision=self.precision,
             cache_dir=self.config.cache_dir if use_cache else None,
             with_attention=self.needs_attention,
             progress=progress,
         )
 
     # ----------------------------------------------------------------- hooks for methods
-    def _fit_features(self, features, samples: Sequence[Sample], *, held_out: Sequence[Sample] = ()) -> None:
+    def _fit_features(self, features, samples: Sequence[Sample], *, held_out=None) -> None:
+        """Learn from the training ``features``; ``held_out`` = the calibration normals' features (or None)."""
         raise NotImplementedError
+
+    def prepare(self, samples: Sequence[Sample]) -> list[Sample]:
+        """The training images features are extracted from (InReaCh: rotationally aligned copies).
+
+        ``fit`` calls it once, before extraction; callers that extract training features themselves (e.g.
+        ``generalad clean``) call it the same way. It may record what it decided (InReaCh's layout).
+        """
+        return list(samples)
+
+    def _prepare_infer(self, chunk: Sequence[Sample]) -> tuple[list[Sample], Any]:
+        """(images to extract from, context for ``_grids_to_maps``) of one inference chunk."""
+        return list(chunk), None
+
+    def _grids_to_maps(self, grids: torch.Tensor, context: Any) -> torch.Tensor:
+        """Patch grids (N, h, w) → maps (N, S, S) at the working size, smoothed."""
+        size = (self.config.image_size, self.config.image_size)
+        return upsample_maps(grids, size, sigma=self._map_sigma(), radius=self._map_radius(), mode=self._map_mode())
 
     def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
         """Return raw image scores (N,) and patch-score grids (N, h, w)."""
@@ -160,6 +249,7 @@ class AnomalyModel:
         if not samples:
             raise InputError("no training images to fit on")
         torch.manual_seed(self.config.seed)
+        self._progress = progress
         t0 = time.perf_counter()
         if calibration is None:
             train, held = split_holdout(
@@ -169,14 +259,16 @@ class AnomalyModel:
         else:
             train, held = samples, list(calibration)
             source = f"{len(held)} given calibration images"
-        features = self.extract(train, progress=progress)
+        features = self.extract(self.prepare(train), progress=progress)
+        held_features, held_context = self._extract_held(held, progress)
         t_feat = time.perf_counter()
-        self._fit_features(features, train, held_out=held)
-        del features
+        self._fit_features(features, train, held_out=held_features)
         t_fit = time.perf_counter()
         if not held:  # too few images to hold any out: calibrate on training scores (optimistic)
             held, source = train, f"training images themselves ({len(train)}; optimistic: none could be held out)"
-        scores, maps = self._score_with_maps(held)
+            held_features, held_context = self._extract_held(held, progress, features)
+        del features
+        scores, maps = self._scores_and_maps(held_features, held_context)
         self.calibration_ = calibrate(scores, self.config.threshold)
         self.calibration_.source = source
         self.pixel_calibration_ = calibrate_pixels(maps, q=self.config.pixel_quantile, seed=self.config.seed)
@@ -192,31 +284,50 @@ class AnomalyModel:
         }
         return self
 
+    def _extract_held(self, held: Sequence[Sample], progress: bool, train_features=None):
+        """Features (+ inference context) of the held-out normals, extracted once for the method and calibration."""
+        if not held:
+            return None, None
+        plain = type(self).prepare is AnomalyModel.prepare
+        if train_features is not None and plain and type(self)._prepare_infer is AnomalyModel._prepare_infer:
+            return train_features, None  # calibrating on the training images: their features are at hand
+        source, context = self._prepare_infer(held)
+        return self.extract(source, progress=progress), context
+
+    def _scores_and_maps(self, features, context: Any) -> tuple[np.ndarray, torch.Tensor]:
+        """(raw image scores (N,) float64, maps (N, S, S) at the working size) from extracted features."""
+        scores, grids = self._infer_features(features)
+        maps = self._grids_to_maps(grids, context)
+        return np.asarray(self._final_scores(scores, maps), dtype=np.float64), maps
+
     # ----------------------------------------------------------------- inference
     def _check_fitted(self) -> None:
         if self.calibration_ is None:
-            raise ConfigError(f"{self.name} model is not fitted: call fit() or load a saved model first")
+            raise NotFittedError(f"{self.name} model is not fitted: call fit() or load a saved model first")
 
     def infer_batches(
         self, samples: Sequence[Sample], *, use_cache: bool = True, progress: bool = False
     ) -> Iterator[tuple[Sequence[Sample], np.ndarray, torch.Tensor]]:
         """Yield (samples, raw image scores, maps at the working size) chunk by chunk (bounded memory)."""
-        size = (self.config.image_size, self.config.image_size)
+        self._check_fitted_state()
         for chunk in _chunks(list(samples), self.infer_chunk):
-            features = self.extract(chunk, progress=progress, use_cache=use_cache)
-            scores, grids = self._infer_features(features)
-            maps = upsample_maps(grids, size, sigma=self._map_sigma(), radius=self._map_radius(), mode=self._map_mode())
-            yield chunk, np.asarray(self._final_scores(scores, maps), dtype=np.float64), maps
+            source, context = self._prepare_infer(chunk)
+            features = self.extract(source, progress=progress, use_cache=use_cache)
+            scores, maps = self._scores_and_maps(features, context)
+            yield chunk, scores, maps
 
-    def _score_with_maps(self, samples: Sequence[Sample]) -> tuple[np.ndarray, torch.Tensor]:
-        scores, maps = [], []
-        for _, s, m in self.infer_batches(samples):
-            scores.append(s)
-            maps.append(m)
-        return np.concatenate(scores), torch.cat(maps)
+    def _check_fitted_state(self) -> None:
+        """Inference needs learned state (calibration comes after it inside fit, so it is not required)."""
+        if not self._is_fitted():
+            raise NotFittedError(f"{self.name} model is not fitted: call fit() or load a saved model first")
+
+    def _is_fitted(self) -> bool:
+        """True once the method's learned state exists (methods override; the default: calibrated)."""
+        return self.calibration_ is not None
 
     def score(self, samples: Sequence[Sample]) -> np.ndarray:
         """Raw image anomaly scores (higher = more anomalous)."""
+        self._check_fitted_state()
         return np.concatenate([s for _, s, _ in self.infer_batches(samples)]) if samples else np.zeros(0)
 
     def anomaly_maps(self, samples: Sequence[Sample], *, original_size: bool = True) -> list[np.ndarray]:
@@ -244,7 +355,7 @@ class AnomalyModel:
         return float(self.calibration_.threshold)
 
     def protocol(self) -> dict[str, Any]:
-        """Protocol flags stamped into every result (field.md §9)."""
+        """Protocol flags stamped into every result (docs/PROTOCOLS.md §6)."""
         return {
             "selection": "none (no training epochs)",
             "threshold_source": self.calibration_.source if self.calibration_ else None,
@@ -259,7 +370,9 @@ class AnomalyModel:
             "backbone": self.config.backbone,
             "weights_sha256": getattr(bb, "weights_sha256", "unknown"),
             "image_size": self.config.image_size,
-            "precision": self.config.precision,
+            "precision": self.precision,  # resolved: what actually ran
+            "precision_setting": self.config.precision,
+            "device": str(self.device),
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -291,10 +404,14 @@ class AnomalyModel:
         pass
 
     @classmethod
-    def _from_meta(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], weights: str | None = None):
+    def _from_meta(
+        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], weights: str | None = None, device: str | None = None
+    ):
         config = dict(meta["config"])
         if weights is not None:
             config["weights"] = weights
+        # the device is where the model runs now, not where it was fitted (a model saved on a GPU loads on a CPU)
+        config["device"] = device or "auto"
         model = cls(cls.Config.from_dict(config))
         model.calibration_ = Calibration.from_dict(meta["calibration"])
         model.pixel_calibration_ = PixelCalibration.from_dict(meta["pixel_calibration"])
@@ -319,8 +436,8 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
         raise InputError(f"cannot read model config {path}: {err}") from None
 
 
-def load_model(directory: str | Path, *, weights: str | None = None) -> AnomalyModel:
-    """Load any saved model by the name recorded in its ``config.json``."""
+def load_model(directory: str | Path, *, weights: str | None = None, device: str | None = None) -> AnomalyModel:
+    """Load any saved model by the name recorded in its ``config.json``, onto ``device`` (default: auto)."""
     from generalad.methods import get_method
 
     meta = read_model_meta(directory)
@@ -328,4 +445,4 @@ def load_model(directory: str | Path, *, weights: str | None = None) -> AnomalyM
     if not state_path.is_file():
         raise InputError(f"model directory has no {STATE_FILE}: {directory}")
     tensors, _ = load_safetensors(state_path)
-    return get_method(meta["model"])._from_meta(meta, tensors, weights=weights)
+    return get_method(meta["model"])._from_meta(meta, tensors, weights=weights, device=device)

@@ -1,4 +1,4 @@
-"""AUPRO, the MVTec per-region-overlap metric (field.md §3), exact by default.
+"""AUPRO, the MVTec per-region-overlap metric (docs/PROTOCOLS.md §3), exact by default.
 
 Definition, for the decision ``a > t`` on raw anomaly maps a and binary ground-truth masks g:
 

@@ -1,4 +1,4 @@
-"""Image-level metrics on raw scores (higher = more anomalous), field.md §3 and §4.
+"""Image-level metrics on raw scores (higher = more anomalous), docs/PROTOCOLS.md §3 and §4.
 
 The threshold-free metrics reproduce scikit-learn's arithmetic step by step (same sort, same tie
 collapsing, same collinear-point dropping, same trapezoid / step sums), so they equal
@@ -93,7 +93,7 @@ def threshold_metrics(scores: Any, labels: Any, threshold: float) -> dict[str, A
 
     Rates whose denominator is zero are NaN (e.g. tpr on normal-only held-out data, precision when
     nothing is flagged). Works with one class only: that is how the realised false-alarm rate on
-    held-out normals is measured (field.md §4).
+    held-out normals is measured (docs/PROTOCOLS.md §4).
     """
     s, y = _inputs(scores, labels)
     pred = s > float(threshold)

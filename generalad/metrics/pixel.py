@@ -2,7 +2,7 @@
 
 ``PixelMetrics`` accumulates (map, mask) batches and computes pixel AUROC, pixel AP (step rule), pixel
 F1-max (an oracle number) and AUPRO (see ``aupro.py``) over every pixel of every image, normal images
-included (field.md §3).
+included (docs/PROTOCOLS.md §3).
 
 Evaluation resolution. With ``eval_size=(H, W)`` (default 256×256, the MVTec-type convention) every
 batch must already be at that size: the caller resizes each map **bilinearly** and each mask with
@@ -59,12 +59,27 @@ def resize_for_eval(
     if mask is None:
         out_mask = np.zeros(out_map.shape, dtype=bool)
     else:
-        g3 = _mask_batch(mask, m3.shape[0])
-        g = torch.from_numpy(g3.astype(np.uint8)).unsqueeze(1)
-        if tuple(g.shape[-2:]) != size:
-            g = F.interpolate(g, size=size, mode="nearest-exact")
-        out_mask = g.squeeze(1).numpy() > 0
+        out_mask = resize_masks(_mask_batch(mask, m3.shape[0]), size)
     return (out_map[0], out_mask[0]) if squeeze else (out_map, out_mask)
+
+
+def resize_masks(masks: Any, size: tuple[int, int] | int) -> np.ndarray:
+    """Resize (K, H, W) masks (bool / 0-1 / 0-255; K may be 0) to bool (K, *size) with the pixel-centre
+    nearest neighbour of ``resize_for_eval``; used for masks kept apart, e.g. the defects of an sPRO image."""
+    import torch
+    import torch.nn.functional as F
+
+    size = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    g3 = to_numpy(masks)
+    if g3.ndim != 3:
+        raise InputError(f"resize_masks: expected (K, H, W) masks, got shape {tuple(g3.shape)}")
+    g3 = masks_3d(g3, g3.shape)
+    if tuple(g3.shape[-2:]) == size:
+        return g3
+    if g3.shape[0] == 0:
+        return np.zeros((0, *size), dtype=bool)
+    g = F.interpolate(torch.from_numpy(g3.astype(np.uint8)).unsqueeze(1), size=size, mode="nearest-exact")
+    return g.squeeze(1).numpy() > 0
 
 
 def _mask_batch(mask: Any, n_maps: int) -> np.ndarray:

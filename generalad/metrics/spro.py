@@ -1,8 +1,9 @@
-"""sPRO / AUsPRO for MVTec LOCO AD (field.md §3), on raw anomaly maps.
+"""sPRO / AUsPRO for MVTec LOCO AD (docs/PROTOCOLS.md §3), on raw anomaly maps.
 
-Each ground-truth defect A_i (one mask file) has a saturation area s_i from ``defects_config.json``:
-an absolute pixel count, or a fraction of |A_i| when the defect type is marked relative. For the
-decision ``a > t``:
+Each ground-truth defect A_i (one mask file) has a saturation area s_i from its ``defects_config.json``
+entry: an absolute pixel count, or a fraction of |A_i| when the defect type is marked relative. This
+module takes those rules as plain values (``saturation_area``); reading the file and matching mask files
+to entries is ``generalad.data.loco_defects_config`` / ``read_loco_defects``. For the decision ``a > t``:
 
     sPRO(t) = (1/m) Σ_i min(|A_i ∩ B_t| / s_i, 1),   FPR(t) over the pixels of the anomaly-free images.
 
@@ -26,9 +27,7 @@ evaluation resolution still counts in m and contributes 0.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,26 +41,13 @@ DEFAULT_LIMITS = (0.01, 0.05, 0.1, 0.3, 1.0)
 
 def saturation_area(defect_area: int, saturation_threshold: float, relative: bool, *, area_scale: float = 1.0) -> float:
     """Saturation area s_i in pixels: ``threshold·|A|`` if relative, else ``threshold·area_scale``;
-    clipped to |A| so that detecting the whole defect always saturates."""
+    clipped to |A| so that detecting the whole defect always saturates.
+
+    ``defect_area`` |A| is counted at the evaluation resolution; ``area_scale`` = evaluation pixels /
+    original pixels (1 at native resolution) converts an absolute threshold given for the original
+    image."""
     s = saturation_threshold * defect_area if relative else saturation_threshold * area_scale
     return float(min(s, defect_area))
-
-
-def load_defects_config(path: str | Path) -> dict[int, dict[str, Any]]:
-    """LOCO ``defects_config.json`` -> {pixel_value: {"defect_name", "saturation_threshold", "relative_saturation"}}."""
-    path = Path(path)
-    try:
-        entries = json.loads(path.read_text())
-        return {
-            int(e["pixel_value"]): {
-                "defect_name": str(e["defect_name"]),
-                "saturation_threshold": float(e["saturation_threshold"]),
-                "relative_saturation": bool(e["relative_saturation"]),
-            }
-            for e in entries
-        }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable LOCO defects_config.json ({exc.__class__.__name__})") from None
 
 
 def saturated_weights(scores: np.ndarray, saturation: float) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +124,16 @@ class SPROMetrics:
             raise InputError(f"SPROMetrics.update: saturation area must be > 0, got {saturation}")
         pos, w = saturated_weights(scores, saturation)
         self._store.add(np.empty(0, np.float32), pos, w)
+
+    def describe(self) -> dict[str, Any]:
+        """Counts and storage mode behind ``compute`` (exact, or binned beyond ``max_exact_pixels``)."""
+        return {
+            "mode": self._store.mode,
+            "fpr_limits": list(self.fpr_limits),
+            "n_defects": self.n_defects,
+            "n_good_images": self.n_good_images,
+            "n_anomalous_images": self.n_anomalous_images,
+        }
 
     def compute(self) -> dict[str, float]:
         """``{"auspro@<limit>": value}`` for every limit; NaN without good images or without defects."""

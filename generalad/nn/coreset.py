@@ -22,6 +22,13 @@ the 630 magnetic-tile training images, M = 493,920 projected to d = 128, 10 % = 
 
 Both methods agree with a naive float64 loop up to fp32 rounding: a near-tie may resolve differently, every
 pick is still a farthest point (tests/nn/test_coreset.py checks that pick by pick).
+
+Devices: the selection runs where the features are (or on ``device=``): the projection, ``mind`` and every
+refresh live there; the seeded projection matrix and the random start are drawn on the CPU, so every device
+selects from the same projected points (picks agree up to fp32 near-ties). The lazy method syncs with the
+host about twice per pick (argmax and the bound test), cheap next to its refreshes. On the CPU the dense
+method runs faiss/numpy kernels; on other devices a torch loop (one ‖x‖² − 2x·q + ‖q‖² matrix-vector
+product per pick, no host sync). The returned indices are always a CPU LongTensor.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from generalad.device import resolve_device
 from generalad.errors import ConfigError
 from generalad.nn.knn import NearestNeighbours
 
@@ -44,30 +52,39 @@ __all__ = ["greedy_coreset", "random_projection", "coverage_radius"]
 
 
 def random_projection(
-    x: torch.Tensor | np.ndarray, proj_dim: int | None, *, seed: int = 0, chunk: int = 65536
+    x: torch.Tensor | np.ndarray,
+    proj_dim: int | None,
+    *,
+    seed: int = 0,
+    chunk: int = 65536,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Seeded Gaussian random projection (M, D) → (M, proj_dim), fp32, entries N(0, 1/proj_dim).
 
     Johnson-Lindenstrauss scaling as in sklearn's GaussianRandomProjection, so distances are preserved in
     expectation. ``proj_dim`` None, 0 or >= D returns the features as fp32 (no projection). Rows are
-    projected in chunks so a bf16/fp16 input is never copied to fp32 as a whole.
+    projected in chunks so a bf16/fp16 input is never copied to fp32 as a whole (nor, with ``device``, to
+    the device as a whole). The output lives on ``device`` (default: ``x``'s device); the projection matrix
+    is drawn on the CPU, so it is the same on every device.
     """
     x = _as_2d(x)
     m, dim = x.shape
+    dev = x.device if device is None else resolve_device(device)
     if not proj_dim or proj_dim >= dim:
-        return x.to(torch.float32).contiguous()
+        return x.to(dev, torch.float32).contiguous()
     gen = torch.Generator().manual_seed(int(seed))
-    w = torch.randn(dim, proj_dim, generator=gen, dtype=torch.float32) / math.sqrt(proj_dim)
-    out = torch.empty(m, proj_dim, dtype=torch.float32)
+    w = (torch.randn(dim, proj_dim, generator=gen, dtype=torch.float32) / math.sqrt(proj_dim)).to(dev)
+    out = torch.empty(m, proj_dim, dtype=torch.float32, device=dev)
     for s in range(0, m, chunk):
-        torch.mm(x[s : s + chunk].to(torch.float32), w, out=out[s : s + chunk])
+        torch.mm(x[s : s + chunk].to(dev, torch.float32), w, out=out[s : s + chunk])
     return out
 
 
 def coverage_radius(x: torch.Tensor | np.ndarray, centers: torch.Tensor) -> float:
     """max_i min_j |x_i - x[centers_j]| (Euclidean) over the rows of ``x``: what greedy k-center minimises."""
     x = _as_2d(x)
-    dist, _ = NearestNeighbours(x[torch.as_tensor(centers, dtype=torch.long)]).search(x)
+    centers = torch.as_tensor(centers, dtype=torch.long).to(x.device)
+    dist, _ = NearestNeighbours(x[centers], device=x.device).search(x, on_device=True)
     return float(dist.max())
 
 
@@ -85,6 +102,7 @@ def greedy_coreset(
     chunk: int = 32768,
     use_faiss: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Indices (LongTensor (n,), in selection order) of a greedy k-center coreset of the rows of ``x``.
 
@@ -93,8 +111,10 @@ def greedy_coreset(
     seed: seeds the projection and, when ``start`` is None, the random first point.
     method: "lazy" (exact, batched refreshes, default) or "dense" (exact, textbook loop).
     batch / candidates: lazy method's most picks between refreshes and size of its candidate list.
-    chunk: rows per matmul. use_faiss: dense method only; False forces the numpy kernel.
+    chunk: rows per matmul. use_faiss: dense method on the CPU only; False forces the numpy kernel.
     progress: optional callback(done, total), called every 1024 selections and at the end.
+    device: where to select (default: ``x``'s device); ``x`` is moved there in chunks, projected.
+    Returns CPU indices whatever the device.
     Selected points are never re-selected: once every distinct point is covered, remaining picks are
     unselected duplicates (distance 0), so the result always holds ``n`` unique indices.
     """
@@ -102,7 +122,7 @@ def greedy_coreset(
         raise ConfigError(f"coreset: unknown method {method!r} (expected 'lazy' or 'dense')")
     if batch < 1 or candidates < 1:
         raise ConfigError(f"coreset: batch and candidates must be >= 1, got {batch} and {candidates}")
-    z = random_projection(x, proj_dim, seed=seed, chunk=chunk)
+    z = random_projection(x, proj_dim, seed=seed, chunk=chunk, device=device)
     m = z.shape[0]
     k = _count(m, ratio, n)
     if start is None:
@@ -110,7 +130,9 @@ def greedy_coreset(
     if not 0 <= start < m:
         raise ConfigError(f"coreset: start must be in [0, {m}), got {start}")
     z = z - z.mean(0)  # centring shrinks the norms, so the ‖x‖² − 2x·q + ‖q‖² refresh cancels less
-    if method == "dense":
+    if method == "dense" and z.device.type != "cpu":
+        sel = _greedy_dense_torch(z, k, start, progress)
+    elif method == "dense":
         sel = _greedy_dense(z.numpy(), k, start, _Kernels(use_faiss), progress)
     else:
         sel = _LazyGreedy(z, chunk).run(k, start, batch, candidates, progress)
@@ -176,13 +198,38 @@ def _greedy_dense(
     return sel
 
 
+def _greedy_dense_torch(
+    pts: torch.Tensor, k: int, start: int, progress: Callable[[int, int], None] | None
+) -> np.ndarray:
+    """The textbook loop with torch ops on ``pts``' device, for devices faiss/numpy cannot reach.
+
+    Squared distances by ‖x‖² − 2x·q + ‖q‖² (one matrix-vector product per pick: memory-bound, ~M·d·4
+    bytes read, e.g. 146 MB for M = 286k, d = 128); the picks stay on the device, so the loop never waits
+    for the host except when ``progress`` is reported.
+    """
+    m = pts.shape[0]
+    sq = (pts * pts).sum(1)
+    mind = torch.full((m,), float("inf"), device=pts.device)
+    sel = torch.empty(k, dtype=torch.int64, device=pts.device)
+    idx = torch.full((1,), start, dtype=torch.int64, device=pts.device)
+    for i in range(k):
+        sel[i : i + 1] = idx
+        d2 = torch.addmv(sq, pts, pts.index_select(0, idx).squeeze(0), alpha=-2.0).add_(sq.index_select(0, idx))
+        torch.minimum(mind, d2.clamp_min_(0.0), out=mind)
+        mind.index_fill_(0, idx, -1.0)  # never pick a selected point again
+        idx = mind.argmax().view(1)
+        if progress is not None and ((i + 1) % 1024 == 0 or i + 1 == k):
+            progress(i + 1, k)
+    return sel.cpu().numpy()
+
+
 class _LazyGreedy:
     """Greedy k-center with a stale (upper-bound) ``mind`` refreshed in batches; see the module docstring."""
 
     def __init__(self, pts: torch.Tensor, chunk: int) -> None:
         self.pts = pts
         self.sq = (pts * pts).sum(1)
-        self.mind = torch.full((pts.shape[0],), float("inf"))
+        self.mind = torch.full((pts.shape[0],), float("inf"), device=pts.device)
         self.chunk = chunk
 
     def refresh(self, centres: list[int]) -> None:

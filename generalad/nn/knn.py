@@ -5,6 +5,13 @@ Distances are Euclidean by default (PatchCore scores patches by the distance to 
 whose rounding near zero is ~1e-6 in d², i.e. ~1e-3 after the square root. The k returned distances are
 therefore recomputed from explicit differences (Q·k·D work, negligible next to the Q·M·D search), so a
 query equal to a bank vector gets exactly 0 and both backends agree to fp32 rounding.
+
+Devices: ``device=`` places the bank (and the search) on any torch device. faiss-cpu has no GPU build, so
+off the CPU the torch backend runs there: one (chunk, M) GEMM block plus a top-k per chunk, and the exact
+re-computation of the k distances, all on the device; ``device=None``/"cpu" is the CPU path as before
+(faiss when importable). Results come back on the CPU unless ``search(..., on_device=True)``. The ranking
+GEMM follows ``torch.backends.cuda.matmul.allow_tf32`` (off by default; with TF32 on, near-ties may rank
+differently, the returned distances are still exact). Indices of ties may differ between devices.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from generalad.device import resolve_device
 from generalad.errors import ConfigError
 
 try:  # faiss is a declared dependency; the torch backend keeps everything working without it
@@ -22,21 +30,27 @@ except ImportError:  # pragma: no cover - exercised through backend="torch" in t
 
 __all__ = ["NearestNeighbours", "patchcore_reweight"]
 
+_CPU = torch.device("cpu")
+_DEVICE_BLOCK = 1 << 26  # off the CPU: entries of one (chunk, M) distance block, 256 MB in fp32
 
-def _as_f32(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
-    """(N, D) fp32 contiguous CPU tensor (faiss needs exactly that layout)."""
+
+def _as_f32(x: torch.Tensor | np.ndarray, what: str, device: torch.device = _CPU) -> torch.Tensor:
+    """(N, D) fp32 contiguous tensor on ``device`` (on the CPU faiss needs exactly that layout)."""
     x = torch.as_tensor(x)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ConfigError(f"nearest neighbours: {what} must be a 2-D (N, D) array, got shape {tuple(x.shape)}")
-    return x.detach().to("cpu", torch.float32).contiguous()
+    return x.detach().to(device, torch.float32).contiguous()
 
 
 class NearestNeighbours:
     """Exact k-NN index over ``bank`` (M, D).
 
-    backend: "auto" (faiss when importable, else torch), "faiss" or "torch".
-    chunk: queries per search call (the torch backend lowers it so its (chunk, M) distance block stays
-    near 64 MB). faiss uses ``torch.get_num_threads()`` threads at search time.
+    backend: "auto" (faiss when importable and the device is the CPU, else torch), "faiss" (CPU only) or
+    "torch". device: where the bank is stored and searched (None = CPU; "cuda", "cuda:1", a
+    ``torch.device``; resolved by :func:`generalad.device.resolve_device`). chunk: queries per search
+    call (the torch backend lowers it so its (chunk, M) distance block stays near 64 MB on the CPU,
+    256 MB on other devices). faiss uses ``torch.get_num_threads()`` threads at search time.
+    ``bank`` is the (M, D) fp32 bank on ``device``.
     """
 
     def __init__(
@@ -46,6 +60,7 @@ class NearestNeighbours:
         *,
         backend: str = "auto",
         chunk: int = 4096,
+        device: str | torch.device | None = None,
     ) -> None:
         if metric != "l2":
             raise ConfigError(f"nearest neighbours: unsupported metric {metric!r} (only 'l2')")
@@ -55,11 +70,17 @@ class NearestNeighbours:
             raise ConfigError("nearest neighbours: backend 'faiss' needs faiss (pip install faiss-cpu)")
         if chunk < 1:
             raise ConfigError(f"nearest neighbours: chunk must be >= 1, got {chunk}")
-        self.bank = _as_f32(bank, "bank")
+        self.device = _CPU if device is None else resolve_device(device)
+        if backend == "faiss" and self.device.type != "cpu":
+            raise ConfigError(
+                f"nearest neighbours: backend 'faiss' runs on the CPU only (faiss-cpu), not on {self.device}; "
+                "use backend 'torch' or 'auto'"
+            )
+        self.bank = _as_f32(bank, "bank", self.device)
         if self.bank.shape[0] == 0:
             raise ConfigError("nearest neighbours: the bank is empty")
         if backend == "auto":
-            backend = "faiss" if faiss is not None else "torch"
+            backend = "faiss" if faiss is not None and self.device.type == "cpu" else "torch"
         self.backend = backend
         self.chunk = int(chunk)
         if self.backend == "faiss":
@@ -76,28 +97,37 @@ class NearestNeighbours:
         return self.bank.shape[1]
 
     def search(
-        self, queries: torch.Tensor | np.ndarray, k: int = 1, *, squared: bool = False
+        self, queries: torch.Tensor | np.ndarray, k: int = 1, *, squared: bool = False, on_device: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distances fp32 (Q, k), indices int64 (Q, k)) of the k nearest bank rows, nearest first."""
-        q = _as_f32(queries, "queries")
+        """(distances fp32 (Q, k), indices int64 (Q, k)) of the k nearest bank rows, nearest first.
+
+        ``queries`` (Q, D) may live anywhere; they are searched on the index's device. The results are CPU
+        tensors, or on the index's device with ``on_device=True`` (no device→host copy, no sync).
+        """
+        q = _as_f32(queries, "queries", self.device)
         if q.shape[1] != self.dim:
             raise ConfigError(f"nearest neighbours: queries have {q.shape[1]} dims, the bank has {self.dim}")
         if not 1 <= k <= len(self):
             raise ConfigError(f"nearest neighbours: k must be in [1, {len(self)}], got {k}")
-        dist = torch.empty(q.shape[0], k, dtype=torch.float32)
-        idx = torch.empty(q.shape[0], k, dtype=torch.int64)
+        dist = torch.empty(q.shape[0], k, dtype=torch.float32, device=self.device)
+        idx = torch.empty(q.shape[0], k, dtype=torch.int64, device=self.device)
         if self.backend == "faiss":
             search, step = self._search_faiss, self.chunk
-        else:  # the torch backend holds a (step, M) distance block: keep it near 64 MB
-            search, step = self._search_torch, min(self.chunk, max(16, (1 << 24) // len(self)))
+        else:  # the torch backend holds a (step, M) distance block: keep it near 64 MB (256 MB off the CPU)
+            block = 1 << 24 if self.device.type == "cpu" else _DEVICE_BLOCK
+            search, step = self._search_torch, min(self.chunk, max(16, block // len(self)))
         for s in range(0, q.shape[0], step):
             qc = q[s : s + step]
             dist[s : s + step], idx[s : s + step] = self._exact(qc, search(qc, k))
-        return (dist, idx) if squared else (dist.sqrt_(), idx)
+        if not squared:
+            dist.sqrt_()
+        if self.device.type != "cpu" and not on_device:
+            dist, idx = dist.cpu(), idx.cpu()
+        return dist, idx
 
     def _exact(self, q: torch.Tensor, found: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared distances of the found neighbours from explicit differences, re-sorted ascending."""
-        d2 = torch.empty(found.shape, dtype=torch.float32)
+        d2 = torch.empty(found.shape, dtype=torch.float32, device=self.device)
         step = max(1, (1 << 22) // (found.shape[1] * self.dim))  # bounds the (step, k, D) temporary
         for s in range(0, q.shape[0], step):
             diff = self.bank[found[s : s + step]] - q[s : s + step, None]
@@ -130,7 +160,8 @@ def patchcore_reweight(
     For each image take the patch m* with the largest score s*, its nearest bank vector m and m's b
     nearest bank neighbours N_b(m) (m itself first). Image score, as in the paper and anomalib:
     ``s = (1 - exp|m* - m| / Σ_{n ∈ N_b(m)} exp|m* - n|) * s*`` (a softmax over the b distances, not
-    negated). b = 1 returns the plain maximum. Returns (B,) fp32.
+    negated). b = 1 returns the plain maximum. Returns (B,) fp32 on ``patch_scores``' device; the inputs may
+    live on any devices, the support search and its distances run on the index's device.
     """
     if patch_scores.ndim != 2 or nn_indices.shape != patch_scores.shape:
         raise ConfigError(
@@ -138,13 +169,16 @@ def patchcore_reweight(
             f"{tuple(patch_scores.shape)} and {tuple(nn_indices.shape)}"
         )
     top = patch_scores.argmax(1)
-    rows = torch.arange(patch_scores.shape[0])
+    rows = torch.arange(patch_scores.shape[0], device=patch_scores.device)
     s_star = patch_scores[rows, top]
     b = min(b, len(index))
     if b <= 1:
         return s_star
-    m_star = features[rows, top].to(torch.float32)
-    _, support = index.search(index.bank[nn_indices[rows, top]], k=b)  # (B, b), the matched vector first
+    at = features.device
+    m_star = features[rows.to(at), top.to(at)].to(index.device, torch.float32)
+    at = nn_indices.device
+    matched = nn_indices[rows.to(at), top.to(at)].to(index.device)
+    _, support = index.search(index.bank[matched], k=b, on_device=True)  # (B, b), the matched vector first
     dist = (index.bank[support] - m_star.unsqueeze(1)).norm(dim=2)  # (B, b)
     weight = 1.0 - F.softmax(dist, dim=1)[:, 0]
-    return weight * s_star
+    return weight.to(patch_scores.device) * s_star

@@ -1,4 +1,10 @@
-"""Patch-score grids → image-size anomaly maps (upsampling + Gaussian smoothing)."""
+"""Patch-score grids → image-size anomaly maps (upsampling + Gaussian smoothing).
+
+Every function works on any device and returns its result on the input's device (fp32 for
+``upsample_maps``/``resize_maps``; ``gaussian_blur`` keeps the input dtype). The small per-axis operators
+of ``upsample_maps`` are built once on the CPU and cached per device, so a CUDA call copies nothing from
+the host after the first one.
+"""
 
 from __future__ import annotations
 
@@ -59,9 +65,21 @@ def upsample_maps(
     h, w = grid_scores.shape[-2:]
     out_h, out_w = int(size[0]), int(size[1])
     r = _clipped_radius(sigma, radius, out_h, out_w)
-    a_h = _axis_operator(h, out_h, mode, float(sigma), r).to(grid_scores.device)
-    a_w = _axis_operator(w, out_w, mode, float(sigma), r).to(grid_scores.device)
+    a_h = _operator_on(h, out_h, mode, float(sigma), r, grid_scores.device)
+    a_w = _operator_on(w, out_w, mode, float(sigma), r, grid_scores.device)
     return a_h @ grid_scores.float() @ a_w.T
+
+
+def _operator_on(n_in: int, n_out: int, mode: str, sigma: float, radius: int, device: torch.device) -> torch.Tensor:
+    """:func:`_axis_operator` on ``device`` (the CPU tensor itself on the CPU, a cached copy elsewhere)."""
+    if device.type == "cpu":
+        return _axis_operator(n_in, n_out, mode, sigma, radius)
+    return _device_operator(n_in, n_out, mode, sigma, radius, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _device_operator(n_in: int, n_out: int, mode: str, sigma: float, radius: int, device: torch.device) -> torch.Tensor:
+    return _axis_operator(n_in, n_out, mode, sigma, radius).to(device)
 
 
 def _clipped_radius(sigma: float, radius: int | None, out_h: int, out_w: int) -> int:

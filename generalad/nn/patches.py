@@ -1,4 +1,4 @@
-"""PatchCore's locally aware patch features (also InReaCh §3), plus the bank tools re-exported.
+"""PatchCore's locally aware patch features (also docs/methods/inreach.md §3), plus the bank tools re-exported.
 
 Reference recipe (patchcore-inspection ``PatchCore._embed``), per layer l with C_l channels:
 unfold 3×3 neighbourhoods (stride 1, zero padding 1) → a C_l·9 vector per position (channel-major:
@@ -18,6 +18,11 @@ interpolated instead of C·9. Measured on the dev CPU (1 thread, ms per image; u
 dense conv of the same linear map / this): WRN-50 layer2+3 → 1024: 220 / 55 / 6.8; ViT-S 384@28² → 1024:
 26 / 55 / 10.8; → 384: 25 / 20 / 0.9; InReaCh's 13 WRN blocks at 56² → 1024: 6896 / 90 / 53. Results
 match the reference to ~3e-7 (tests: 1e-5).
+
+Devices: the maps may live on any device (all on the same one); the plans are built once on the CPU and
+cached per device, and the output is on the maps' device. On CUDA the grouped convolutions follow
+``torch.backends.cudnn.allow_tf32`` (PyTorch's default: on, i.e. TF32 products with fp32 sums); switch it
+off for fp32 agreement with the CPU (tests/test_device.py compares at 1e-5 that way).
 """
 
 from __future__ import annotations
@@ -112,6 +117,20 @@ def _layer_plan(
     return _LayerPlan(rows, chan, weight.to(torch.float32).view(len(rows), width, kernel, kernel))
 
 
+@lru_cache(maxsize=64)
+def _device_plan(
+    channels: int, kernel: int, layer: int, n_layers: int, per_layer_dim: int, out_dim: int, aggregate: str,
+    device: torch.device,
+) -> _LayerPlan:
+    """:func:`_layer_plan` with its tensors on ``device`` (not the CPU), cached so they are copied once."""
+    plan = _layer_plan(channels, kernel, layer, n_layers, per_layer_dim, out_dim, aggregate)
+    return _LayerPlan(plan.rows.to(device), plan.chan.to(device), plan.weight.to(device))
+
+
+def _plan_on(device: torch.device, *args) -> _LayerPlan:
+    return _layer_plan(*args) if device.type == "cpu" else _device_plan(*args, device)
+
+
 def _apply_plan(x: torch.Tensor, plan: _LayerPlan, kernel: int) -> torch.Tensor:
     """(B, C, h, w) → (B, R, h, w): gather each row's channel window, then one grouped conv (a group per
     output row, W input channels each). One op per layer on purpose: W separate depthwise convs were ~2x
@@ -128,6 +147,8 @@ def _check(maps: list[torch.Tensor], out_dim: int, kernel: int, per_layer_dim: i
         raise ConfigError(f"locally_aware_patches: maps must be (B, C, h, w), got {[tuple(m.shape) for m in maps]}")
     if len({m.shape[0] for m in maps}) != 1:
         raise ConfigError(f"locally_aware_patches: maps disagree on batch size: {[m.shape[0] for m in maps]}")
+    if len({m.device for m in maps}) != 1:
+        raise ConfigError(f"locally_aware_patches: maps are on different devices: {[str(m.device) for m in maps]}")
     if kernel < 1 or kernel % 2 == 0:
         raise ConfigError(f"locally_aware_patches: kernel must be odd and >= 1, got {kernel}")
     if out_dim < 1 or per_layer_dim < 1:
@@ -146,7 +167,8 @@ def locally_aware_patches(
     aggregate: str = "unfold",
     chunk: int = 16,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """PatchCore locally aware patch features: ((B, h·w, out_dim) fp32, (h, w)), positions row-major.
+    """PatchCore locally aware patch features: ((B, h·w, out_dim) fp32 on the maps' device, (h, w)),
+    positions row-major.
 
     maps: per-layer (B, C_l, h_l, w_l) features, shallowest first. kernel: neighbourhood size (odd;
     1 = no aggregation). grid: output (h, w), default the first map's grid. per_layer_dim: pooled width
@@ -157,13 +179,14 @@ def locally_aware_patches(
     per_layer_dim = out_dim if per_layer_dim is None else per_layer_dim
     _check(maps, out_dim, kernel, per_layer_dim, aggregate)
     h, w = grid if grid is not None else tuple(maps[0].shape[-2:])
+    dev = maps[0].device
     plans = [
-        _layer_plan(m.shape[1], kernel, i, len(maps), per_layer_dim, out_dim, aggregate) for i, m in enumerate(maps)
+        _plan_on(dev, m.shape[1], kernel, i, len(maps), per_layer_dim, out_dim, aggregate) for i, m in enumerate(maps)
     ]
     b = maps[0].shape[0]
-    out = torch.empty(b, h * w, out_dim, dtype=torch.float32)
+    out = torch.empty(b, h * w, out_dim, dtype=torch.float32, device=dev)
     for s in range(0, b, chunk):
-        acc = torch.zeros(min(chunk, b - s), out_dim, h, w)
+        acc = torch.zeros(min(chunk, b - s), out_dim, h, w, device=dev)
         for m, plan in zip(maps, plans):
             y = _apply_plan(m[s : s + chunk].to(torch.float32), plan, kernel)
             if y.shape[-2:] != (h, w):  # resizing after the channel map equals resizing the unfolded map

@@ -61,6 +61,54 @@ def make_loco(root: Path) -> Path:
     return root
 
 
+#: defects_config.json of ``make_loco_textured``: relative rules and absolute pixel counts.
+LOCO_TEXTURED_CONFIG = [
+    {"defect_name": "missing_part", "pixel_value": 255, "saturation_threshold": 1.0, "relative_saturation": True},
+    {"defect_name": "extra_part", "pixel_value": 239, "saturation_threshold": 60, "relative_saturation": False},
+    {"defect_name": "scratch", "pixel_value": 200, "saturation_threshold": 0.5, "relative_saturation": True},
+    {"defect_name": "speck", "pixel_value": 180, "saturation_threshold": 50, "relative_saturation": False},
+]
+#: (test folder, image index, [(pixel value, (y0, y1, x0, x1)), ...]) of ``make_loco_textured`` (36 x 48 images)
+LOCO_TEXTURED_DEFECTS = [
+    ("logical_anomalies", 0, [(255, (5, 14, 6, 18)), (239, (18, 26, 24, 38))]),
+    ("logical_anomalies", 1, [(255, (22, 31, 5, 17)), (239, (4, 12, 30, 44))]),
+    ("structural_anomalies", 0, [(200, (12, 20, 12, 28)), (180, (10, 11, 10, 11))]),  # 1 px: gone at 24x24
+    ("structural_anomalies", 1, [(200, (24, 31, 31, 42))]),
+]
+
+
+def make_loco_textured(root: Path, *, strength: float = 9.0, seed: int = 0) -> Path:
+    """A 36 x 48 LOCO category a small CNN can partly score: noisy texture, defects painted ``strength`` grey
+    levels brighter (faint enough that maps overlap, so saturation rules change the numbers).
+
+    8 train, 3 validation, 3 test good; the anomalous images of ``LOCO_TEXTURED_DEFECTS``, one mask file per
+    defect carrying its pixel value, plus an all-zero mask file (no defect) for structural image 001.
+    """
+    rng = np.random.default_rng(seed)
+    hw = (36, 48)
+
+    def texture() -> np.ndarray:
+        return np.array([90, 120, 80], np.float32) + rng.normal(0, 12, (*hw, 3)).astype(np.float32)
+
+    def save(path: Path, img: np.ndarray) -> None:
+        write_image(path, np.clip(img, 0, 255).astype(np.uint8))
+
+    for split, n in (("train", 8), ("validation", 3), ("test", 3)):
+        for i in range(n):
+            save(root / split / "good" / f"{i:03d}.png", texture())
+    for kind, i, defects in LOCO_TEXTURED_DEFECTS:
+        img = texture()
+        for m, (value, (y0, y1, x0, x1)) in enumerate(defects):
+            img[y0:y1, x0:x1] += strength
+            gt = np.zeros(hw, np.uint8)
+            gt[y0:y1, x0:x1] = value
+            write_image(root / "ground_truth" / kind / f"{i:03d}" / f"{m:03d}.png", gt)
+        save(root / "test" / kind / f"{i:03d}.png", img)
+    write_image(root / "ground_truth" / "structural_anomalies" / "001" / "001.png", np.zeros(hw, np.uint8))
+    (root / "defects_config.json").write_text(json.dumps(LOCO_TEXTURED_CONFIG))
+    return root
+
+
 def make_visa_raw(root: Path, n_normal: int = 10, n_anomaly: int = 3) -> Path:
     """VisA download: candle with Normal/Anomaly JPGs, integer-label masks, split_csv/1cls.csv (+ pcb1)."""
     rows = ["object,split,label,image,mask"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import re
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generalad.data import loco_defects_config, open_dataset, read_image, read_mask
+from generalad.data import loco_defects_config, open_dataset, read_image, read_loco_defects, read_mask
 from generalad.errors import ConfigError, InputError
 from tests.data import synth
 
@@ -92,6 +93,51 @@ def test_loco_bad_defects_config(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"defects_config\.json"):
         loco_defects_config(root)
     assert loco_defects_config(tmp_path) == {}
+    entry = {"defect_name": "a", "pixel_value": 255, "saturation_threshold": 0.5, "relative_saturation": True}
+    for bad, match in (
+        ([entry, {**entry, "defect_name": "b"}], "pixel_value 255 is used by two"),
+        ([entry, {**entry, "pixel_value": 7}], "name 'a' is used by two"),
+        ([{**entry, "saturation_threshold": 0}], "saturation_threshold > 0"),
+        ([{**entry, "pixel_value": None}], "invalid defect entry"),
+    ):
+        (root / "defects_config.json").write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=match):
+            loco_defects_config(root)
+
+
+def test_loco_defects_one_per_mask_file_with_its_config_entry(tmp_path: Path) -> None:
+    root = synth.make_loco_textured(tmp_path / "box")
+    data, config = open_dataset(root), loco_defects_config(root)
+    by_name = {(Path(s.path).parent.name, Path(s.path).stem): s for s in data.test}
+    sample = by_name[("logical_anomalies", "001")]
+    masks, entries = read_loco_defects(sample, config)
+    assert masks.shape == (2, 36, 48) and [d.name for d in entries] == ["missing_part", "extra_part"]
+    assert [int(m.sum()) for m in masks] == [9 * 12, 8 * 14] and not (masks[0] & masks[1]).any()
+    assert np.array_equal(masks.any(axis=0), read_mask(sample))
+    empty_too = by_name[("structural_anomalies", "001")]  # 000.png holds the defect, 001.png is all zero
+    assert len(empty_too.mask_paths) == 2 and [d.name for d in read_loco_defects(empty_too, config)[1]] == ["scratch"]
+    good_masks, good_entries = read_loco_defects(by_name[("good", "000")], config)
+    assert good_masks.shape == (0, 36, 48) and good_entries == []
+
+
+def test_loco_defect_mask_errors_name_the_file(tmp_path: Path) -> None:
+    root = synth.make_loco_textured(tmp_path / "box")
+    config = loco_defects_config(root)
+    sample = next(s for s in open_dataset(root).test if s.defect_type == "structural_anomalies")
+    gt = np.zeros((36, 48), np.uint8)
+    gt[0, 0] = 77  # declared by no entry
+    synth.write_image(Path(sample.mask_paths[0]), gt)
+    with pytest.raises(InputError, match=re.escape(sample.mask_paths[0]) + ".*pixel value 77"):
+        read_loco_defects(sample, config)
+    with pytest.raises(InputError, match=r"no defects_config\.json entries given"):
+        read_loco_defects(sample, {})
+    gt[0, 1] = 255
+    synth.write_image(Path(sample.mask_paths[0]), gt)
+    with pytest.raises(InputError, match="several defect pixel values"):
+        read_loco_defects(sample, config)
+    synth.write_image(Path(sample.mask_paths[0]), np.zeros((30, 48), np.uint8))
+    with pytest.raises(InputError, match="is 48x30 but image"):
+        read_loco_defects(sample, config)
 
 
 # ---------------------------------------------------------------- VisA

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 
 from generalad.errors import InputError
-from generalad.metrics.spro import SPROMetrics, load_defects_config, saturation_area
+from generalad.metrics import resize_masks
+from generalad.metrics.spro import SPROMetrics, saturation_area
 
 
 def _row(values) -> np.ndarray:
@@ -41,8 +41,9 @@ def test_saturation_area_rules() -> None:
     assert saturation_area(400, 1000, False, area_scale=0.25) == 250  # mask evaluated at half size
 
 
-def slow_auspro(images, limit: float) -> float:
-    """From the definition: for each distinct score t, FPR on good images and mean saturated overlap."""
+def slow_spro_curve(images) -> tuple[list[float], list[float]]:
+    """From the definition: for each distinct score t, FPR on good images and mean saturated overlap.
+    ``images``: (map, defect masks, saturation areas) per image; a good image has no defect."""
     good = np.concatenate([m.ravel() for m, d, _ in images if not d])
     defects = [(m[g], s) for m, d, sats in images for g, s in zip(d, sats)]
     values = np.unique(np.concatenate([m.ravel() for m, _, _ in images]))[::-1]
@@ -50,6 +51,12 @@ def slow_auspro(images, limit: float) -> float:
     for t in values:
         xs.append(float(np.mean(good >= t)))
         ys.append(float(np.mean([min(np.sum(a >= t) / s, 1.0) for a, s in defects])))
+    return xs, ys
+
+
+def slow_area(curve: tuple[list[float], list[float]], limit: float) -> float:
+    """Trapezoid area under the curve up to FPR = ``limit`` (cut by linear interpolation), / limit."""
+    xs, ys = curve
     area = 0.0
     for k in range(1, len(xs)):
         if xs[k] >= limit:
@@ -57,6 +64,10 @@ def slow_auspro(images, limit: float) -> float:
             return (area + (limit - xs[k - 1]) * (ys[k - 1] + y_cut) / 2) / limit
         area += (xs[k] - xs[k - 1]) * (ys[k] + ys[k - 1]) / 2
     raise AssertionError("curve never reached the limit")
+
+
+def slow_auspro(images, limit: float) -> float:
+    return slow_area(slow_spro_curve(images), limit)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -99,15 +110,59 @@ def test_binned_close_to_exact() -> None:
     assert all(abs(a[k] - b[k]) < 1e-3 for k in a)
 
 
-def test_undefined_and_errors(tmp_path) -> None:
+def test_undefined_and_errors() -> None:
     sp = SPROMetrics()
     assert all(math.isnan(v) for v in sp.compute().values())
     with pytest.raises(InputError, match="saturation areas"):
         sp.update(np.zeros((4, 4)), [np.ones((4, 4))], [])
-    cfg = tmp_path / "defects_config.json"
-    entry = {"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 0.5, "relative_saturation": True}
-    cfg.write_text(json.dumps([entry]))
-    assert load_defects_config(cfg)[255]["relative_saturation"] is True
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(InputError, match="bad.json"):
-        load_defects_config(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="saturation area must be > 0"):
+        sp.update(np.zeros((4, 4)), [np.ones((4, 4))], [0.0])
+    with pytest.raises(ValueError, match="FPR limits"):
+        SPROMetrics(fpr_limits=(0.0,))
+
+
+def test_defect_vanished_at_eval_size_counts_and_scores_zero() -> None:
+    """A defect whose mask is empty after resizing still counts in m (it can never be found)."""
+    amap = np.arange(16, dtype=np.float32).reshape(4, 4)
+    found = np.zeros((4, 4), bool)
+    found[3, 3] = True  # the highest pixel: found at once
+    both, alone = SPROMetrics(fpr_limits=(1.0,)), SPROMetrics(fpr_limits=(1.0,))
+    for sp in (both, alone):
+        sp.update(amap - 100.0)  # a good image below every defect pixel: FPR 0 until the defect saturates
+    both.update(amap, [found, np.zeros((4, 4), bool)], [1.0, 0.0])
+    alone.update(amap, [found], [1.0])
+    assert alone.compute()["auspro@1"] == pytest.approx(1.0)
+    assert both.compute()["auspro@1"] == pytest.approx(0.5)
+    assert both.describe()["n_defects"] == 2 and both.describe()["mode"] == "exact"
+
+
+def test_absolute_saturation_scales_with_the_evaluation_resolution() -> None:
+    """Maps constant on 2x2 blocks, evaluated at half size: area_scale = 1/4 gives the same curve exactly
+    (and forgetting it does not)."""
+    rng = np.random.default_rng(3)
+    good, bad = (np.kron(rng.random((8, 8)), np.ones((2, 2))).astype(np.float32) for _ in range(2))
+    mask = np.zeros((16, 16), bool)
+    mask[4:12, 2:10] = True
+
+    def auspro(size: int, area_scale: float) -> dict[str, float]:
+        g = resize_masks(mask[None], size)[0]
+        step = 16 // size
+        sp = SPROMetrics()
+        sp.update(good[::step, ::step])
+        sat = saturation_area(int(g.sum()), 20, False, area_scale=area_scale)
+        sp.update((bad + 0.3 * mask)[::step, ::step], [g], [sat])
+        return sp.compute()
+
+    assert auspro(8, 0.25) == pytest.approx(auspro(16, 1.0), abs=1e-12)
+    assert auspro(8, 1.0)["auspro@1"] < auspro(16, 1.0)["auspro@1"] - 0.05
+
+
+def test_resize_masks_samples_pixel_centres_and_accepts_no_mask() -> None:
+    g = np.zeros((2, 6, 6), bool)
+    g[0, :3, :3] = True
+    g[1, 3:, 3:] = True
+    out = resize_masks(g, (3, 3))
+    assert out.dtype == bool and np.array_equal(out, g[:, 1::2, 1::2])  # pixel centres, each mask alone
+    assert resize_masks(np.zeros((0, 6, 6), bool), 3).shape == (0, 3, 3)
+    with pytest.raises(InputError, match="resize_masks"):
+        resize_masks(np.zeros((6, 6)), 3)

@@ -6,6 +6,6 @@ Method doc: docs/methods/generalad.md. Pure modules: ``distortions`` (the regist
 ``estimator``.
 """
 
-from generalad.methods.generalad.estimator import GeneralAD, GeneralADModelConfig
+from generalad.methods.generalad.estimator import GeneralAD, GeneralADConfig
 
-__all__ = ["GeneralAD", "GeneralADModelConfig"]
+__all__ = ["GeneralAD", "GeneralADConfig"]

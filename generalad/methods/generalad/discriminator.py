@@ -1,4 +1,4 @@
-"""GeneralAD cross-patch discriminator (spec §5, the official code's structure).
+"""GeneralAD cross-patch discriminator (docs/methods/generalad.md §5, the official code's structure).
 
 ```
 x0 = F + E                                  # learned positional table E (N, D), init N(0, 1)

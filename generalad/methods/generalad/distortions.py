@@ -1,4 +1,4 @@
-"""GeneralAD feature distortions (spec §3), vectorised over the batch.
+"""GeneralAD feature distortions (docs/methods/generalad.md §3), vectorised over the batch.
 
 Every distortion takes clean patch features ``F`` (B, N, D) and returns ``(distorted (B, N, D), labels
 (B, N) bool)`` with label True = distorted patch. Randomness comes only from the ``torch.Generator`` passed

@@ -1,4 +1,4 @@
-"""GeneralAD loss (spec §4) with the empty-set guard.
+"""GeneralAD loss (docs/methods/generalad.md §4) with the empty-set guard.
 
 ```
 L = mean ℓ(clean, 0) + mean ℓ(noise_all, 1)

@@ -1,6 +1,6 @@
 """InReaCh core: mutual-nearest-neighbour channels across training images (pure tensors, no I/O).
 
-Spec: ``shared/notes/inreach.md`` (§5 association, §6 filters and bank, §9–10 cost). The input is the
+Method doc: docs/methods/inreach.md (§5 association, §6 filters and bank, §9–10 cost). The input is the
 descriptor tensor ``X`` of shape (N_images, P, D) — patches in row-major grid order — built by the
 estimator (backbone + ``nn.patches.locally_aware_patches``). Pipeline::
 
@@ -19,7 +19,7 @@ are re-exported here so the estimator imports everything from ``generalad.method
 Indexing convention: every per-patch array is indexed by the ORIGINAL image index (position in ``X``),
 never by rank in the seed order; ``order`` maps rank → image index. A channel member is stored at its own
 location (j, p) and keyed by the seed patch it matched (s, q). The official code swaps the two indices
-(spec §5) — deliberately not reproduced; ``tests/nn/test_inreach.py`` checks it on permuted images.
+(docs/methods/inreach.md §5) — deliberately not reproduced; ``tests/methods/inreach/test_channels.py`` checks it   [also fixes the stale test path] on permuted images.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass
 class InReaChConfig:
-    """Knobs of the channel construction and layout test (defaults = spec [S]/[C] choices).
+    """Knobs of the channel construction and layout test (defaults = the [S]/[C] choices of docs/methods/inreach.md).
 
     num_seeds: seed images S ([C]: 10).
-    all_pairs_below: when N <= this, every image is a seed (all-pairs association, spec §10); 0 disables.
+    all_pairs_below: when N <= this, every image is a seed (all-pairs association, docs/methods/inreach.md §10); 0 disables.
     seed: RNG seed for picking the seed images ([D]; [C] takes the first files of a directory listing).
     min_channel_len: span filter keeps channels with MORE than this many entries (seed included).
     sigma_k: σ filter multiplier k.
@@ -148,7 +148,7 @@ def select_seeds(n_images: int, num_seeds: int, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- association
 @dataclass
 class Association:
-    """Result of the seed association (§5.2–5.3). Per-patch arrays are (N, P), by original image index.
+    """Result of the seed association (docs/methods/inreach.md §5, steps 2–3). Per-patch arrays are (N, P), by original image index.
 
     seed_rank: rank (position in ``order``) of the best seed of (j, p) = the seed with the smallest d
         among seeds earlier in the order; −1 for image order[0], which has no earlier seed.
@@ -261,7 +261,7 @@ def associate(
     block_mb: float = 64.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Association:
-    """Mutual-NN association of every image with every earlier seed in ``order`` (spec §5).
+    """Mutual-NN association of every image with every earlier seed in ``order`` (docs/methods/inreach.md §5).
 
     For seed rank r_s and each image at rank r > r_s: squared distances ‖a‖²+‖b‖²−2ab between all P
     patches of the image and all P seed patches, argmin both ways, mutual when the indices agree. Images
@@ -347,7 +347,7 @@ def associate(
 # ------------------------------------------------------------------------------------------- channels
 @dataclass
 class Channels:
-    """Channels as a flat list of entries (§5.4); a patch can be an entry twice (see below).
+    """Channels as a flat list of entries (docs/methods/inreach.md §5, step 4); a patch can be an entry twice (see below).
 
     Channel id c = seed_rank·P + q, key ``keys[c]`` = (seed image, seed patch q); C = S·P channels, every
     seed patch owns one (most have no members and die in the span filter).
@@ -435,7 +435,7 @@ def sigma_filter(
     rule: str = "spherical",
     chunk: int = 65536,
 ) -> SigmaResult:
-    """σ filter over all channels at once (§6), with segment sums (index_add) instead of loops.
+    """σ filter over all channels at once (docs/methods/inreach.md §6), with segment sums (index_add) instead of loops.
 
     μ_c = mean of the channel's alive vectors; d_i = ‖x_i − μ_c‖; σ_c = population std of the d_i.
     "spherical" ([C]) keeps d_i < k·σ_c — with isotropic high-dimensional members the d_i concentrate and
@@ -505,7 +505,7 @@ def _frac(a: int, b: int) -> float:
 def filter_channels(
     X: torch.Tensor | np.ndarray, channels: Channels, config: InReaChConfig | None = None
 ) -> FilterResult:
-    """Span filter, σ filter, span filter again (§6); logs and returns the fraction each one keeps.
+    """Span filter, σ filter, span filter again (docs/methods/inreach.md §6); logs and returns the fraction each one keeps.
 
     stats keys: channels, channels_with_members, entries; entries_/channels_ after_span1 / after_sigma /
     after_span2; keep_span1, keep_sigma, keep_span2 (entry fraction each filter keeps of its input) and

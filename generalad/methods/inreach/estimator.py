@@ -2,14 +2,14 @@
 
 Training images may contain anomalies: patches that recur as mutual nearest neighbours across images form
 channels; channels that pass the span and σ filters form the nominal bank; test patches are scored by their
-squared distance to the bank. Spec: shared/notes/inreach.md (CPU-scale plan §10 is the default here).
+squared distance to the bank. Method doc: docs/methods/inreach.md (its CPU-scale plan is the default here).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,8 +43,8 @@ CODE_HIERARCHY_WRN50 = [f"layer1.{i}" for i in range(3)] + [f"layer2.{i}" for i 
 
 @dataclasses.dataclass
 class InReaChModelConfig(BaseConfig):
-    feature_dim: int = 256  # CPU plan (§10); the paper's is 1024
-    grid_pool: int = 2  # 2×2 average pooling of the aggregated 56×56 grid → 28×28 (§10); 1 = paper grid
+    feature_dim: int = 256  # CPU plan (docs/methods/inreach.md §10); the paper's is 1024
+    grid_pool: int = 2  # 2×2 average pooling of the aggregated 56×56 grid → 28×28 (docs/methods/inreach.md §10); 1 = paper grid
     num_seeds: int = 10
     all_pairs_below: int = 30
     min_channel_len: int = 3  # keep channels with more than 3 entries (≥ 4 with the seed)
@@ -88,14 +88,19 @@ class InReaCh(AnomalyModel):
 
     def __init__(self, config: InReaChModelConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)
-        if self.config.layers is None:
-            self.config.layers = DEFAULT_HIERARCHY.get(self.config.backbone)
         self.bank_: torch.Tensor | None = None
         self.grid_: tuple[int, int] | None = None
         self.use_positional_: bool = False
         self.reference_: torch.Tensor | None = None  # training image 0 (aligned sets only)
         self.result_: ir.InReaChResult | None = None
         self.layout_: dict[str, Any] = {}
+
+    def _backbone_layers(self) -> list[str] | None:
+        """``config.layers``, else the block hierarchy of this backbone (the config itself stays as given)."""
+        return self.config.layers if self.config.layers is not None else DEFAULT_HIERARCHY.get(self.config.backbone)
+
+    def _is_fitted(self) -> bool:
+        return self.bank_ is not None
 
     # ------------------------------------------------------------------ descriptors
     def descriptors(self, features) -> torch.Tensor:
@@ -114,8 +119,9 @@ class InReaCh(AnomalyModel):
         return patches
 
     # ------------------------------------------------------------------ fit
-    def _layout(self, samples: Sequence[Sample]) -> list[Sample]:
-        """§4: transpose test, optional rotational alignment; returns the samples to extract from."""
+    def prepare(self, samples: Sequence[Sample]) -> list[Sample]:
+        """Layout (docs/methods/inreach.md): transpose test and optional rotational alignment of the training
+        images; returns the samples to extract from (rotated copies when aligned) and records the decision."""
         images = working_images(samples, self.config.image_size)
         decision = ir.layout_decision(images, threshold=self.config.transpose_threshold, align=self.config.align)
         self.use_positional_ = decision.use_positional
@@ -126,11 +132,8 @@ class InReaCh(AnomalyModel):
         self.reference_ = images[0].to(torch.uint8)
         return rotated_samples(samples, images, decision.angles)
 
-    def _fit_features(self, features, samples: Sequence[Sample], *, held_out: Sequence[Sample] = ()) -> None:
-        source = self._layout(samples)
-        if self.reference_ is not None:  # aligned: features of the rotated images
-            features = self.extract(source)
-        X = self.descriptors(features)
+    def _fit_features(self, features, samples: Sequence[Sample], *, held_out=None) -> None:
+        X = self.descriptors(features)  # features of prepare()'s images (rotated when aligned)
         self.result_ = ir.build_bank(X, self.config.channel_config())
         bank = ir.gather_bank(X, self.result_.bank_ids)
         if bank.shape[0] == 0:
@@ -164,24 +167,24 @@ class InReaCh(AnomalyModel):
     def _map_sigma(self) -> float:
         return self.config.map_sigma_at_224 * self.config.image_size / 224.0
 
-    def infer_batches(self, samples, *, use_cache: bool = True, progress: bool = False) -> Iterator:
-        if self.reference_ is None:
-            yield from super().infer_batches(samples, use_cache=use_cache, progress=progress)
-            return
-        size = (self.config.image_size, self.config.image_size)
-        for start in range(0, len(samples), self.infer_chunk):
-            chunk = list(samples[start : start + self.infer_chunk])
-            images = working_images(chunk, self.config.image_size)
-            angles = ir.best_rotation(images, self.reference_.float())
-            features = self.extract(rotated_samples(chunk, images, angles), use_cache=use_cache)
-            _, grids = self._infer_features(features)
-            maps = upsample_maps(grids, size, sigma=0.0, mode="nearest")
-            maps = ir.rotate_images(maps[..., None], -angles)[..., 0]  # back to the image's own orientation
-            maps = upsample_maps(maps, size, sigma=self._map_sigma())
-            yield chunk, self._final_scores(None, maps), maps
-
     def _map_mode(self) -> str:
         return "nearest"
+
+    def _prepare_infer(self, chunk: Sequence[Sample]) -> tuple[list[Sample], np.ndarray | None]:
+        """Aligned models rotate each test image onto the reference; the angles come back as context."""
+        if self.reference_ is None:
+            return list(chunk), None
+        images = working_images(chunk, self.config.image_size)
+        angles = ir.best_rotation(images, self.reference_.float())
+        return rotated_samples(chunk, images, angles), angles
+
+    def _grids_to_maps(self, grids: torch.Tensor, angles: np.ndarray | None) -> torch.Tensor:
+        if angles is None:
+            return super()._grids_to_maps(grids, None)
+        size = (self.config.image_size, self.config.image_size)
+        maps = upsample_maps(grids, size, sigma=0.0, mode="nearest")
+        maps = ir.rotate_images(maps[..., None], -angles)[..., 0]  # back to the image's own orientation
+        return upsample_maps(maps, size, sigma=self._map_sigma())
 
     # ------------------------------------------------------------------ cleaning
     def training_image_statistics(self) -> dict[str, np.ndarray]:
@@ -192,7 +195,7 @@ class InReaCh(AnomalyModel):
 
     # ------------------------------------------------------------------ persistence
     def protocol(self) -> dict[str, Any]:
-        return {**super().protocol(), "layout": self.layout_, "hierarchy": self.config.layers}
+        return {**super().protocol(), "layout": self.layout_, "hierarchy": self._backbone_layers()}
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = {"memory_bank": self.bank_, "grid": torch.tensor(self.grid_, dtype=torch.int64),

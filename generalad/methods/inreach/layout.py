@@ -1,4 +1,4 @@
-"""InReaCh layout helpers (spec §4): transpose test, rotational alignment, positional channels.
+"""InReaCh layout helpers (docs/methods/inreach.md §4): transpose test, rotational alignment, positional channels.
 
 Images here are channels-last float arrays on the 0–255 scale after resize/crop: (H, W, C) or
 (N, H, W, C); the transpose test assumes square images (the preprocessing makes them square).
@@ -138,7 +138,7 @@ def append_positional(X: torch.Tensor, grid: tuple[int, int], weight: float = 5.
 
 @dataclass
 class LayoutDecision:
-    """Outcome of §4: use_positional; angles (N,) to apply to training images (None = not aligned);
+    """Outcome of the layout test (docs/methods/inreach.md §4): use_positional; angles (N,) to apply to training images (None = not aligned);
     transpose scores before / after alignment (NaN when alignment was not tried)."""
 
     use_positional: bool
@@ -151,7 +151,7 @@ def layout_decision(
     images: torch.Tensor | np.ndarray, *, threshold: float = 600.0, align: bool = True
 ) -> LayoutDecision:
     """Transpose test on the mean training image; if it fails and ``align``, rotate every image to
-    training image 0 and test again; keep the alignment only if the aligned set passes (§4)."""
+    training image 0 and test again; keep the alignment only if the aligned set passes (docs/methods/inreach.md §4)."""
     x = _to_float(images)
     if x.ndim != 4:
         raise ConfigError(f"InReaCh layout test expects (N, H, W, C) images, got {tuple(x.shape)}")

@@ -1,4 +1,4 @@
-"""Exact 1-NN against the InReaCh bank and bank diagnostics (spec §7).
+"""Exact 1-NN against the InReaCh bank and bank diagnostics (docs/methods/inreach.md §7).
 
 Distances are SQUARED L2 throughout (faiss IndexFlatL2 convention, used by [C]); the image score is
 computed by the estimator from these patch scores.
@@ -64,7 +64,7 @@ def patch_labels_from_masks(masks: torch.Tensor | np.ndarray, grid: tuple[int, i
 def precision_recall_of_bank(
     bank_ids: torch.Tensor | np.ndarray, patch_is_anomalous: torch.Tensor | np.ndarray
 ) -> dict[str, float]:
-    """Channel precision / recall of the supplement (§7 diagnostics).
+    """Channel precision / recall of the supplement (docs/methods/inreach.md §7, diagnostics).
 
     bank_ids: (M, 2) unique (image, patch) pairs in the bank; patch_is_anomalous: (N, P) bool.
     precision = fraction of bank patches whose cell holds no anomalous pixel;

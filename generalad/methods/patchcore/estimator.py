@@ -1,8 +1,8 @@
 """PatchCore (Roth et al., CVPR 2022): a coreset memory bank of locally aware patch features.
 
-field.md §10: features from two backbone stages (or ViT tokens), 3×3 local aggregation, greedy k-center
-coreset on a random projection, exact nearest-neighbour distances (faiss), map bilinear to the input size
-and Gaussian-smoothed (σ = 4 px at the working size).
+docs/methods/patchcore.md: features from two backbone stages (or ViT tokens), 3×3 local aggregation, greedy
+k-center coreset on a random projection, exact nearest-neighbour distances (faiss on CPU, torch GEMM +
+top-k on CUDA), map bilinear to the input size and Gaussian-smoothed (σ = 4 px at the working size).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class PatchCoreConfig(BaseConfig):
     denoise_kth: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.coreset_ratio <= 1:
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.image_score not in ("max_map", "max_patch"):
@@ -60,19 +61,24 @@ class PatchCore(AnomalyModel):
         self.grid_: tuple[int, int] | None = None
         self._index: NearestNeighbours | None = None
 
-    def _patches(self, features) -> tuple[torch.Tensor, tuple[int, int]]:
+    def patches(self, features) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Locally aware patch features (N, P, feature_dim) and their grid (h, w) from backbone features."""
         return locally_aware_patches(features.maps, out_dim=self.config.feature_dim)
 
-    def _fit_features(self, features, samples: Sequence[Sample], *, held_out: Sequence[Sample] = ()) -> None:
-        patches, self.grid_ = self._patches(features)
+    def _is_fitted(self) -> bool:
+        return self.bank_ is not None
+
+    def _fit_features(self, features, samples: Sequence[Sample], *, held_out=None) -> None:
+        patches, self.grid_ = self.patches(features)
         flat = patches.reshape(-1, patches.shape[-1]).float().contiguous()
         n_patches = int(flat.shape[0])
         if self.config.denoise_fraction > 0:
             flat = flat[self._nominal_patches(patches)]
+        flat = flat.to(self.device)  # the coreset's GEMMs run on the model's device
         keep = greedy_coreset(
             flat, ratio=self.config.coreset_ratio, proj_dim=self.config.projection_dim, seed=self.config.seed
         )
-        self.bank_ = flat[keep].contiguous()
+        self.bank_ = flat[keep].cpu().contiguous()
         self._index = None
         self.method_stats_ = {"n_patches": n_patches, "bank_size": int(self.bank_.shape[0])}
         if self.config.denoise_fraction > 0:
@@ -90,18 +96,18 @@ class PatchCore(AnomalyModel):
         else:
             distances = kth_image_distances(
                 patches, bank_ratio=1.0, proj_dim=c.projection_dim, seed=c.seed, kth=c.denoise_kth,
-                bf16=c.precision == "bf16",
+                bf16=self.precision == "bf16",
             ).reshape(-1)
         n_keep = distances.numel() - int(round(self.config.denoise_fraction * distances.numel()))
         return distances.topk(n_keep, largest=False).indices.sort().values
 
     def _nn(self) -> NearestNeighbours:
         if self._index is None:
-            self._index = NearestNeighbours(self.bank_)
+            self._index = NearestNeighbours(self.bank_, device=self.device)
         return self._index
 
     def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
-        patches, grid = self._patches(features)
+        patches, grid = self.patches(features)
         n, p, d = patches.shape
         dist, _ = self._nn().search(patches.reshape(-1, d).float().contiguous(), k=1)
         dist = torch.as_tensor(np.asarray(dist)).reshape(n, p).float()

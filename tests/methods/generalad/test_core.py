@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from generalad.errors import ConfigError, InputError
-from generalad.methods.generalad import core
+from generalad.methods.generalad import core, memory
 from generalad.methods.generalad.core import (
     PRESETS,
     GeneralADConfig,
@@ -28,7 +29,7 @@ from generalad.nn.maps import upsample_maps
 
 GRID = (4, 4)
 P, D = 16, 16
-TINY = dict(hidden=32, heads=2, precision="fp32")
+TINY = dict(hidden=32, heads=2, train_precision="fp32")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -54,18 +55,19 @@ def trained() -> tuple[Discriminator, list[dict]]:
 
 # ------------------------------------------------------------------------------------------ config
 def test_presets_follow_spec() -> None:
-    ind, log, sem, near = (PRESETS[k] for k in ("industrial", "logical", "semantic", "near_distribution"))
+    ind, log, sem, near = (preset(k) for k in ("industrial", "logical", "semantic", "near_distribution"))
     assert (ind.distortions, ind.top_k, ind.epochs, ind.semantic_epoch_size) == (("random",), 10, 160, None)
     assert (log.distortions, log.top_k, log.epochs) == (("random", "attn_shuffle"), 10, 160)
     assert (sem.distortions, sem.top_k, sem.epochs, sem.semantic_epoch_size) == ((), -1, 20, 250)
     assert (near.distortions, near.top_k, near.epochs, near.semantic_epoch_size) == ((), -1, 160, None)
-    for cfg in PRESETS.values():
+    for cfg in (preset(k) for k in PRESETS):
         assert cfg.noise_all and cfg.sigma == 0.25 and cfg.heads == 4 and cfg.hidden == 2048
-        assert (cfg.lr, cfg.weight_decay, cfg.eta_min_factor, cfg.batch_size) == (5e-4, 1e-5, 0.2, 16)
+        assert (cfg.lr, cfg.weight_decay, cfg.eta_min_factor, cfg.train_batch_size) == (5e-4, 1e-5, 0.2, 16)
         assert (cfg.map_sigma_at_518, cfg.map_radius_at_518, cfg.seed) == (16.0, 18, 0)
     assert log.needs_attention and not ind.needs_attention and not sem.needs_attention
-    # preset() copies: overriding never mutates the table
-    assert preset("industrial", epochs=3).epochs == 3 and PRESETS["industrial"].epochs == 160
+    # preset() copies: overriding never mutates the table; an unresolved config keeps its Nones
+    assert preset("industrial", epochs=3).epochs == 3 and PRESETS["industrial"]["epochs"] == 160
+    assert GeneralADConfig().epochs is None and GeneralADConfig().resolved().epochs == 160
 
 
 @pytest.mark.parametrize(
@@ -76,6 +78,7 @@ def test_presets_follow_spec() -> None:
         dict(distortions=("random", "random")),
         dict(top_k=0),
         dict(epochs=0),
+        dict(train_precision="fp16"),
         dict(precision="fp16"),
         dict(noise_all=False, distortions=()),
         dict(dropout=1.0),
@@ -89,11 +92,11 @@ def test_invalid_config_raises(bad: dict) -> None:
 
 def test_config_dict_roundtrip() -> None:
     cfg = preset("logical", epochs=7, shuffle_k_max=-1)
-    assert cfg.shuffle_k_max is None  # -1 = all patches
+    assert cfg.shuffle_k_max == -1 and cfg.k_max is None  # -1 = all patches; the config keeps what was given
     data = cfg.to_dict()
-    assert data["distortions"] == ["random", "attn_shuffle"]
+    assert tuple(data["distortions"]) == ("random", "attn_shuffle")
     assert GeneralADConfig.from_dict(data) == cfg
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown"):
         GeneralADConfig.from_dict({**data, "bogus": 1})
     with pytest.raises(ConfigError, match="preset"):
         preset("medical")
@@ -140,7 +143,7 @@ def test_one_shot_trains_without_nan() -> None:
 
 
 def test_same_seed_is_bit_identical_and_global_rng_untouched() -> None:
-    cfg = preset("logical", epochs=2, batch_size=4, **TINY)
+    cfg = preset("logical", epochs=2, train_batch_size=4, **TINY)
     feats, attn = normal_features(9), torch.rand(9, 3, P, generator=make_generator(1))
     torch.manual_seed(123)
     before = torch.rand(3)
@@ -151,13 +154,13 @@ def test_same_seed_is_bit_identical_and_global_rng_untouched() -> None:
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
-    other_seed = preset("logical", epochs=2, batch_size=4, seed=1, **TINY)
+    other_seed = preset("logical", epochs=2, train_batch_size=4, seed=1, **TINY)
     c, _ = train_discriminator(feats, GRID, other_seed, attention=attn)
     assert not torch.equal(a.pos_embed, c.pos_embed)
 
 
 def test_semantic_epochs_and_small_batches() -> None:
-    cfg = preset("semantic", epochs=2, semantic_epoch_size=10, batch_size=4, **TINY)
+    cfg = preset("semantic", epochs=2, semantic_epoch_size=10, train_batch_size=4, **TINY)
     _, history = train_discriminator(normal_features(30), GRID, cfg)
     assert [h["steps"] for h in history] == [2, 2]  # 10 images/epoch, batch 4, drop-last
     assert set(history[0]["terms"]) == {"clean", "noise_all"}
@@ -172,7 +175,7 @@ def test_grouped_copies_give_same_loss_and_gradient() -> None:
     for group in (None, 1, 3):
         disc.zero_grad()
         g = make_generator(7)
-        total, _ = distortion_loss(disc, x, GeneralADConfig(**{**cfg.to_dict(), "copies_per_forward": group}), g,
+        total, _ = distortion_loss(disc, x, dataclasses.replace(cfg, copies_per_forward=group), g,
                                    attention=attn, backward=True)
         totals.append(total)
         grads.append(torch.cat([p.grad.flatten() for p in disc.parameters()]))
@@ -190,7 +193,7 @@ def test_grouped_copies_give_same_loss_and_gradient() -> None:
 
 
 def test_validation_early_stopping_and_callback() -> None:
-    cfg = preset("industrial", epochs=6, early_stopping_patience=2, **TINY)
+    cfg = preset("industrial", epochs=6, selection="validation", early_stopping_patience=2, **TINY)
     states = {}
 
     def on_epoch(epoch: int, disc: Discriminator) -> None:
@@ -220,7 +223,7 @@ def test_input_checks() -> None:
 
 
 def test_bf16_training_and_inference_are_finite() -> None:
-    cfg = preset("industrial", epochs=2, hidden=32, heads=2, precision="bf16")
+    cfg = preset("industrial", epochs=2, hidden=32, heads=2, train_precision="bf16")
     disc, history = train_discriminator(normal_features(4), GRID, cfg)
     assert math.isfinite(history[-1]["loss"])
     fp32 = patch_logits(disc, normal_features(3))
@@ -279,18 +282,18 @@ def test_logit_maps_blur_scaling() -> None:
 
 # ------------------------------------------------------------------ memory plan
 def test_memory_plan_keeps_one_forward_when_it_fits():
-    cfg = core.GeneralADConfig()  # clean + noise-all + random = 3 copies
-    assert core.plan_copies_per_forward(cfg, 16, 256, available=2**40) is None
+    cfg = preset("industrial")  # clean + noise-all + random = 3 copies
+    assert memory.plan_copies_per_forward(cfg, 16, 256, available=2**40) is None
 
 
 def test_memory_plan_splits_copies_when_attention_is_large():
-    cfg = core.GeneralADConfig()
-    one_copy = core.attention_bytes(16, 784, cfg.heads)
-    assert core.plan_copies_per_forward(cfg, 16, 784, available=int(2.5 * one_copy)) == 1
+    cfg = preset("industrial")
+    one_copy = memory.attention_bytes(16, 784, cfg.heads)
+    assert memory.plan_copies_per_forward(cfg, 16, 784, available=int(2.5 * one_copy)) == 1
 
 
 def test_memory_plan_refuses_a_grid_that_cannot_fit():
-    cfg = core.GeneralADConfig()
+    cfg = preset("industrial")
     # CNN stride 8 at 518 px: 65 x 65 patches, ~18 GiB per copy of 16 images
     with pytest.raises(ConfigError, match="4225 patches.*--image-size"):
-        core.plan_copies_per_forward(cfg, 16, 65 * 65, available=8 * 2**30)
+        memory.plan_copies_per_forward(cfg, 16, 65 * 65, available=8 * 2**30)

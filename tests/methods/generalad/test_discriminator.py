@@ -19,7 +19,7 @@ def _count(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize(
     "dim, millions, table",
-    [(384, 2.69, 0.53), (768, 6.56, 1.05), (1024, 9.80, 1.40)],  # ViT-S / B / L at 37×37 (spec §5)
+    [(384, 2.69, 0.53), (768, 6.56, 1.05), (1024, 9.80, 1.40)],  # ViT-S / B / L at 37×37 (docs/methods/generalad.md §5)
 )
 def test_parameter_counts_match_spec(dim: int, millions: float, table: float) -> None:
     model = Discriminator(dim, (37, 37))

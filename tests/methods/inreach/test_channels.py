@@ -1,4 +1,4 @@
-"""InReaCh core (generalad.methods.inreach.channels): association, channels, filters, layout, 1-NN (spec §13)."""
+"""InReaCh core (generalad.methods.inreach.channels): association, channels, filters, layout, 1-NN (docs/methods/inreach.md §13)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def relu_features(n: int, h: int, d: int, *, noise: float = 0.6, seed: int = 0) 
 
 
 def reference_association(X: torch.Tensor, order: np.ndarray, s_count: int):
-    """Per-pair loop over torch.cdist (float64): the obvious implementation of spec §5.2–5.3."""
+    """Per-pair loop over torch.cdist (float64): the obvious implementation of docs/methods/inreach.md §5, steps 2–3."""
     n, p, _ = X.shape
     seed_rank = torch.full((n, p), -1)
     match = torch.full((n, p), -1)
@@ -161,7 +161,7 @@ def test_block_size_does_not_change_the_result():
 
 
 def test_channel_members_are_the_permuted_seed_patches_at_their_own_location():
-    """Spec §5 upstream index bug: each member (j, p) must be keyed by the seed patch it matches."""
+    """docs/methods/inreach.md §5, the official code's index swap: each member (j, p) must be keyed by the seed patch it matches."""
     X, perms = permuted_set(10, 36, 24)
     order = select_seeds(10, 4, seed=1)
     assoc = associate(X, order, 4)

@@ -97,7 +97,7 @@ def test_denoise_drops_mostly_the_defects_of_real_contaminants(bottle, fitted):
     contaminants = [s for s in bottle.test if s.label == 1][::10][:3]  # broken_large x2, broken_small
     train = list(bottle.train) + contaminants
     model = PatchCore(backbone="efficientnet_lite0", cache_dir=fitted.config.cache_dir, denoise_fraction=0.01)
-    patches, _ = model._patches(model.extract(train))
+    patches, _ = model.patches(model.extract(train))
     n, p, _ = patches.shape
     dropped = torch.ones(n * p, dtype=torch.bool)
     dropped[model._nominal_patches(patches)] = False
