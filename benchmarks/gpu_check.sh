@@ -28,14 +28,14 @@ left() { echo $(( TOTAL - ($(date +%s) - START) )); }
 
 echo "== machine"
 lscpu | grep -m1 'Model name' || grep -m1 'model name' /proc/cpuinfo
-nvidia-smi -L || echo "nvidia-smi: not available"
+nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not available"
 
 echo "== environment"
 PY=${GPU_CHECK_PYTHON:-python3}
 VENV=${GPU_CHECK_VENV:-/tmp/generalad-gpu-venv}
 VPY="$VENV/bin/python"
 t=$(date +%s)
-if [ -x "$VPY" ] && "$VPY" -c "import generalad, torch" 2>/dev/null; then
+if [ -x "$VPY" ] && "$VPY" -c "import torch, timm" 2>/dev/null; then
   echo "reusing $VENV"
 else
   rm -rf "$VENV"
@@ -43,12 +43,16 @@ else
     echo "building on $("$PY" -c 'import sys, torch; print(sys.executable, "torch", torch.__version__)') (offline)"
     "$PY" -m venv --system-site-packages "$VENV" || exit 2
     # a venv made from a venv does not see its parent's packages: list them in a .pth file
-    "$PY" -c "import site; print('\n'.join(site.getsitepackages()))" \
-      > "$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_gpu_check_parent.pth"
+    site_dir=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PY" -c "import site; print('\n'.join(site.getsitepackages()))" > "$site_dir/_gpu_check_parent.pth"
     if ls .whl/*.whl >/dev/null 2>&1; then
       "$VPY" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl || echo "warning: .whl/ wheels not installed"
     fi
-    "$VPY" -m pip install -q --no-deps --no-index --no-build-isolation -e . || exit 2
+    if ! "$VPY" -m pip install -q --no-deps --no-index --no-build-isolation -e . > "$VENV/pip-install.log" 2>&1; then
+      # e.g. an old setuptools without bdist_wheel in the new venv: the checkout on sys.path does the same
+      echo "pip install -e . failed offline (see $VENV/pip-install.log): using the checkout through a .pth file"
+      pwd > "$site_dir/_gpu_check_generalad.pth"
+    fi
   else
     echo "no CUDA torch in $PY: plain venv + pip install -e . (downloads the pinned torch)"
     "$PY" -m venv "$VENV" || exit 2

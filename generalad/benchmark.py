@@ -41,7 +41,8 @@ from generalad.errors import ConfigError, InputError
 from generalad.evaluate import evaluate
 from generalad.io import atomic_write_text
 
-METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "logical_image_auroc", "structural_image_auroc")
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_auspro@0.05", "logical_image_auroc",
+           "structural_image_auroc")
 GROUPS = ("logical", "structural")  # evaluate() writes metrics[group] = image metrics for MVTec LOCO
 SHOTS_MODES = ("random", "window")
 
@@ -90,6 +91,7 @@ def _jobs(cfg: dict[str, Any]):
 
 
 def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path, device: str | None = None) -> dict[str, Any]:
+    from generalad.data import loco_defects_config
     from generalad.methods import get_method
     from generalad.pipeline import fit_on, open_training
 
@@ -113,6 +115,7 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path, device: str | N
     metrics = evaluate(
         model, ds.test, out_dir=run_dir, has_masks=ds.has_masks,
         eval_size=None if eval_size == "native" else (int(eval_size),) * 2,
+        defects=loco_defects_config(ds.root) if ds.name == "loco" else None,
     )
     return {
         "dataset": ds_cfg.get("name", ds.name), "unit": str(unit if unit is not None else ds.category),

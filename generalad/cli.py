@@ -120,6 +120,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    from generalad.data import loco_defects_config
     from generalad.evaluate import evaluate
     from generalad.methods import load_model
 
@@ -134,8 +135,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         eval_size=eval_size,
         progress=not args.quiet,
         extra={"dataset": ds.name, "category": ds.category, "data_root": str(Path(args.data).resolve())},
+        defects=loco_defects_config(ds.root) if ds.name == "loco" else None,
     )
-    keys = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_ap", "n_test", "images_per_second")
+    keys = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_auspro@0.05", "pixel_ap",
+            "n_test", "images_per_second")
     _print_json({k: metrics[k] for k in keys if k in metrics} | {"out": str(args.out)})
     return 0
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from generalad.data import Dataset, Sample, contaminate, open_dataset, sample_shots
+from generalad.data import Dataset, Sample, contaminate, open_dataset, sample_shots, split_holdout
 from generalad.errors import InputError
 
 
@@ -55,7 +55,8 @@ def open_training(
 
     ``contaminate_n`` moves that many anomalous test images into training (seeded, leak-free: they leave
     the test split). ``exclude`` is a path list file or an iterable of paths. ``seed`` seeds contamination
-    and shot sampling.
+    and shot sampling. With ``shots`` every shot is trained on and the calibration normals are a seeded
+    10 % (at least 5) of the *other* training images (docs/PROTOCOLS.md §4).
     """
     ds = open_dataset(data, layout=layout, category=category, normal_class=normal_class, split=split,
                       **(data_options or {}))
@@ -67,8 +68,16 @@ def open_training(
     if exclude is not None:
         excluded = read_path_list(exclude) if isinstance(exclude, (str, Path)) else set(exclude)
         train = [s for s in train if s.path not in excluded]
+    calibration = list(ds.validation) or None
     if shots:
-        train = sample_shots(train, shots, seed=seed, mode=shots_mode)
+        pool = train
+        train = sample_shots(pool, shots, seed=seed, mode=shots_mode)
+        if calibration is None:
+            # Every shot trains: thresholds come from other training normals, never from the shots (a
+            # held-out slice of 8 shots would leave 3 to train on) and never from test images.
+            chosen = {s.path for s in train}
+            _, calibration = split_holdout([s for s in pool if s.path not in chosen], seed=seed)
+            calibration = calibration or None
     info = {
         "root": str(Path(data).resolve()),
         "dataset": ds.name,
@@ -81,7 +90,7 @@ def open_training(
         "contaminated_with": [s.path for s in moved],
         "excluded": sorted(excluded),
     }
-    return TrainingRun(ds, train, ds.validation or None, moved, sorted(excluded), info)
+    return TrainingRun(ds, train, calibration, moved, sorted(excluded), info)
 
 
 def fit_on(model, run: TrainingRun, *, select_on_test: bool = False, progress: bool = False):
