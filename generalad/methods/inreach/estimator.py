@@ -151,7 +151,7 @@ class InReaCh(AnomalyModel):
     # ------------------------------------------------------------------ inference
     def _search(self, queries: torch.Tensor) -> torch.Tensor:
         if getattr(self, "_index", None) is None:
-            self._index = ir.NearestBank(self.bank_)
+            self._index = ir.NearestBank(self.bank_, device=self.device)
         dist2, _ = self._index.search(queries)
         return torch.as_tensor(dist2).float()
 

@@ -22,7 +22,10 @@ class NearestBank:
     (faiss IndexFlatL2, or chunked torch) with InReaCh's conventions — squared distances, k = 1, and a
     query chunk sized so one (queries × bank) block stays within ``block_mb``."""
 
-    def __init__(self, bank: torch.Tensor | np.ndarray, *, backend: str = "auto", block_mb: float = 128.0):
+    def __init__(
+        self, bank: torch.Tensor | np.ndarray, *, backend: str = "auto", block_mb: float = 128.0,
+        device: torch.device | str | None = None,
+    ):
         if backend not in BACKENDS:
             raise ConfigError(f"nearest-neighbour backend must be one of {BACKENDS}, got {backend!r}")
         b = torch.as_tensor(bank).float().cpu().contiguous()
@@ -30,7 +33,7 @@ class NearestBank:
             raise ConfigError(f"InReaCh bank must be a non-empty (M, D) array, got {tuple(b.shape)}")
         self.dim, self.size = int(b.shape[1]), int(b.shape[0])
         chunk = max(1, int(block_mb * 2**20 // (4 * self.size)))
-        self._index = NearestNeighbours(b, backend=backend, chunk=chunk)
+        self._index = NearestNeighbours(b, backend=backend, chunk=chunk, device=device)
         self.backend = self._index.backend
 
     def search(self, queries: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
