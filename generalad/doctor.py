@@ -1,4 +1,5 @@
-"""``generalad doctor``: versions, threads, bf16 support and which backbone weights are usable offline."""
+"""``generalad doctor``: versions, threads, devices, the precision ``auto`` picks here, and which backbone
+weights are usable offline."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def report() -> dict[str, Any]:
 
     from generalad import __version__
     from generalad.backbones import list_backbones
+    from generalad.device import available_devices, cpu_model_name, precision_reason, resolve_device, resolve_precision
+    from generalad.methods import list_methods
+
+    device = resolve_device("auto")
 
     return {
         "generalad": __version__,
@@ -31,7 +36,12 @@ def report() -> dict[str, Any]:
         "faiss": getattr(faiss, "__version__", "?"),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
-        "cpu_bf16": torch.backends.mkldnn.is_available(),
+        "cpu": cpu_model_name(),
+        "devices": available_devices(),
+        "device_auto": str(device),
+        "precision_auto": resolve_precision("auto", device),
+        "precision_reason": precision_reason(device),
+        "methods": list_methods(),
         "backbones": list_backbones(),
         "bundled_weights": {"efficientnet_lite0": _bundled_efficientnet()},
         "note": "other backbones need --weights PATH offline, or a network connection to download",

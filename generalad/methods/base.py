@@ -364,6 +364,8 @@ class AnomalyModel:
     # ----------------------------------------------------------------- persistence
     def describe(self) -> dict[str, Any]:
         """What every record and result must state: model, backbone, weights hash, resolution, dtype."""
+        from generalad.device import precision_reason
+
         bb = self.backbone()
         return {
             "model": self.name,
@@ -372,6 +374,7 @@ class AnomalyModel:
             "image_size": self.config.image_size,
             "precision": self.precision,  # resolved: what actually ran
             "precision_setting": self.config.precision,
+            **({"precision_reason": precision_reason(self.device)} if self.config.precision == "auto" else {}),
             "device": str(self.device),
         }
 
