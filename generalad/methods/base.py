@@ -36,8 +36,6 @@ from generalad.io import AtomicDir, atomic_save_safetensors, atomic_write_json, 
 from generalad.nn.maps import resize_maps, upsample_maps
 
 PRECISIONS = ("auto", "bf16", "fp32")
-#: runtime settings, not part of what was learned: a model saved on one machine loads on another
-RUNTIME_FIELDS = ("device", "cache_dir")
 CONFIG_FILE = "config.json"
 STATE_FILE = "model.safetensors"
 
