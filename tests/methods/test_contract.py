@@ -118,6 +118,11 @@ def test_toy_method_through_the_cli(data: Path, tmp_path: Path, capsys) -> None:
         assert cli.main(["fit", "--model", "toy", "--data", str(data), "--epochs", "3", "--out",
                          str(tmp_path / "x"), "--quiet"]) == 2
         assert "--epochs does not apply to model 'toy'" in capsys.readouterr().err
+        if not torch.cuda.is_available():  # an absent device is refused in one line, before any work
+            assert cli.main(["fit", "--model", "toy", "--data", str(data), "--device", "cuda", "--out",
+                             str(tmp_path / "y"), "--quiet"]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("generalad: error: --device 'cuda'") and err.count("\n") == 1
     finally:
         unregister_method("toy")
     assert "toy" not in list_methods()
