@@ -14,7 +14,6 @@ which the loop draws random numbers is part of that contract and must not change
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -60,11 +59,6 @@ class LoopConfig:
     drop_last: bool = True
     seed: int = 0
     early_stopping_patience: int | None = None
-    # CPU: flush subnormal floats to zero while training. Without it fp32 epochs slowed down 2.8x as training
-    # went on (GeneralAD bottle, 160 epochs: 49 s for the first 20, 137 s for the last 20) as optimiser
-    # state and activations drifted into the subnormal range; with it a 60-epoch fit took 142 s instead of
-    # 214 s with the same final loss and threshold (docs/RESULTS.md, issue 13).
-    flush_denormal: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,18 +88,6 @@ def _rng_devices(device: torch.device) -> list[int]:
     if device.type == "cuda":
         return [device.index if device.index is not None else torch.cuda.current_device()]
     return []
-
-
-@contextlib.contextmanager
-def _flushing_denormals(enabled: bool) -> Iterator[None]:
-    """Flush subnormals to zero on the CPU for the block (a no-op where the CPU lacks the mode)."""
-    if not enabled or not torch.set_flush_denormal(True):
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)  # torch's default; torch offers no getter to restore anything else
 
 
 def _batches(order: torch.Tensor, batch: int, drop_last: bool) -> Iterator[torch.Tensor]:
@@ -154,7 +136,7 @@ def train_loop(
     per_epoch, batch = config.images_per_epoch(n), config.batch_for(n)
     history: list[dict[str, Any]] = []
     best_loss, best_state, best_epoch, bad_epochs = math.inf, None, -1, 0
-    with torch.random.fork_rng(devices=_rng_devices(device)), _flushing_denormals(config.flush_denormal):
+    with torch.random.fork_rng(devices=_rng_devices(device)):
         torch.manual_seed(config.seed)  # the global RNG: parameter init and dropout masks
         model = build().to(device)
         order_gen = torch.Generator(device="cpu")
