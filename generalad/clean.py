@@ -33,7 +33,8 @@ STATISTICS = {
     LOO: ("high = anomalous", "mean of the image's top 1 % patch distances to all other training images"),
     **ir.IMAGE_STAT_DOC,
 }
-_BACKBONE_KEYS = ("backbone", "weights", "image_size", "precision", "device", "cache_dir", "seed")
+#: the feature-extractor options cleaning takes (the CLI's flags of the same names)
+BACKBONE_OPTIONS = ("backbone", "weights", "image_size", "precision", "device", "cache_dir", "seed")
 
 
 def anomaly_scores(samples: Sequence[Sample], statistic: str = LOO, **options: Any) -> np.ndarray:
@@ -61,7 +62,7 @@ def _loo_scores(
     from generalad.methods.patchcore import PatchCore
     from generalad.nn.loo import image_scores_from_patches, kth_image_distances, leave_one_out_distances
 
-    unknown = set(options) - set(_BACKBONE_KEYS)
+    unknown = set(options) - set(BACKBONE_OPTIONS)
     if unknown:
         raise ConfigError(f"loo_distance does not take option(s) {', '.join(sorted(unknown))}")
     if not 1 <= kth < len(samples):  # checked before the (slow) feature extraction

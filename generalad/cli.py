@@ -32,14 +32,14 @@ def _parse_value(text: str) -> Any:
 COMMON_FLAGS = ("backbone", "weights", "image_size", "seed", "precision", "device", "batch_size", "cache_dir")
 
 
-def _method_flags() -> dict[str, Any]:
-    """{config field: Flag} over all registered methods (one CLI flag per field)."""
+def _method_flags() -> dict[str, tuple[Any, list[str]]]:
+    """{config field: (Flag, names of the methods that take it)} over all registered methods."""
     from generalad.methods import list_methods, method_info
 
-    flags: dict[str, Any] = {}
+    flags: dict[str, tuple[Any, list[str]]] = {}
     for name in list_methods():
         for flag in method_info(name).flags:
-            flags.setdefault(flag.field, flag)
+            flags.setdefault(flag.field, (flag, []))[1].append(name)
     return flags
 
 
@@ -171,14 +171,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from generalad.clean import rank_training_images, write_clean_list
+    from generalad.clean import BACKBONE_OPTIONS, rank_training_images, write_clean_list
     from generalad.pipeline import open_training
 
     run = open_training(args.data, category=args.category, normal_class=args.normal_class,
                         split=args.split or "official", contaminate_n=args.contaminate or 0, seed=args.seed or 0)
     moved = run.contaminants
-    options = {k: getattr(args, k) for k in ("backbone", "weights", "seed", "image_size", "cache_dir", "device",
-                                             "precision") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in BACKBONE_OPTIONS if getattr(args, k) is not None}
     if args.kth is not None:
         options["kth"] = args.kth
     records = rank_training_images(
@@ -224,8 +223,8 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_device_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
     p.add_argument("--device", help="auto (default: CUDA when present) | cpu | cuda | cuda:N")
     if precision:
-        p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
-                       help="auto (default): bf16 only where this device runs it faster, else fp32")
+        # no argparse choices: the model config checks it (one error path, one list of choices)
+        p.add_argument("--precision", help="auto (default): bf16 only where this device runs it faster | bf16 | fp32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,12 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backbone", help="backbone name, e.g. efficientnet_lite0, dinov2_vits14")
     fit.add_argument("--weights", help="local weights file for the backbone")
     fit.add_argument("--image-size", type=int)
-    users: dict[str, list[str]] = {}
-    for n in methods:
-        for flag in method_info(n).flags:
-            users.setdefault(flag.field, []).append(n)
-    for field, flag in _method_flags().items():
-        fit.add_argument(f"--{field.replace('_', '-')}", type=flag.type, help=f"{', '.join(users[field])}: {flag.help}")
+    for field, (flag, users) in _method_flags().items():
+        fit.add_argument(f"--{field.replace('_', '-')}", type=flag.type, help=f"{', '.join(users)}: {flag.help}")
     _add_device_args(fit)
     fit.add_argument("--batch-size", type=int)
     fit.add_argument("--cache-dir", help="frozen-feature cache folder")

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from generalad.errors import ConfigError, NotFittedError
-from generalad.methods.base import AnomalyModel, BaseConfig, load_model
+from generalad.errors import ConfigError
+
+if TYPE_CHECKING:
+    from generalad.methods.base import AnomalyModel
+
+#: re-exported from generalad.methods.base on first use, so building the CLI parser does not import torch
+_LAZY_BASE = ("AnomalyModel", "BaseConfig", "load_model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,12 @@ register_method(MethodInfo(
     "InReaCh (ICCV 2023): nominal patch channels from training data that may contain anomalies",
     doc="docs/methods/inreach.md",
 ))
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_BASE:
+        return getattr(importlib.import_module("generalad.methods.base"), name)
+    raise AttributeError(f"module 'generalad.methods' has no attribute {name!r}")
+
 
 __all__ = [
     "AnomalyModel", "BaseConfig", "Flag", "MethodInfo", "get_method", "list_methods", "load_model", "method_info",

@@ -31,11 +31,11 @@ import torch
 from generalad import __version__
 from generalad.calibration import Calibration, PixelCalibration, ThresholdRule, calibrate, calibrate_pixels
 from generalad.data import Sample, image_hw, split_holdout
+from generalad.device import PRECISION_CHOICES
 from generalad.errors import ConfigError, InputError, NotFittedError
 from generalad.io import AtomicDir, atomic_save_safetensors, atomic_write_json, load_safetensors
 from generalad.nn.maps import resize_maps, upsample_maps
 
-PRECISIONS = ("auto", "bf16", "fp32")
 CONFIG_FILE = "config.json"
 STATE_FILE = "model.safetensors"
 
@@ -61,8 +61,10 @@ class BaseConfig:
     cache_dir: str | None = None  # on-disk frozen-feature cache; None → no cache
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r} (--precision)")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r} (--precision)"
+            )
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a name such as 'auto', 'cpu' or 'cuda:0', got {self.device!r} (--device)")
 
@@ -264,7 +266,7 @@ class AnomalyModel:
         t_fit = time.perf_counter()
         if not held:  # too few images to hold any out: calibrate on training scores (optimistic)
             held, source = train, f"training images themselves ({len(train)}; optimistic: none could be held out)"
-            held_features, held_context = self._extract_held(held, progress, features)
+            held_features, held_context = self._extract_held(held, progress)
         del features
         scores, maps = self._scores_and_maps(held_features, held_context)
         self.calibration_ = calibrate(scores, self.config.threshold)
@@ -282,13 +284,10 @@ class AnomalyModel:
         }
         return self
 
-    def _extract_held(self, held: Sequence[Sample], progress: bool, train_features=None):
+    def _extract_held(self, held: Sequence[Sample], progress: bool):
         """Features (+ inference context) of the held-out normals, extracted once for the method and calibration."""
         if not held:
             return None, None
-        plain = type(self).prepare is AnomalyModel.prepare
-        if train_features is not None and plain and type(self)._prepare_infer is AnomalyModel._prepare_infer:
-            return train_features, None  # calibrating on the training images: their features are at hand
         source, context = self._prepare_infer(held)
         return self.extract(source, progress=progress), context
 
@@ -300,8 +299,12 @@ class AnomalyModel:
 
     # ----------------------------------------------------------------- inference
     def _check_fitted(self) -> None:
+        """Thresholds need the calibration (the last step of fit)."""
         if self.calibration_ is None:
-            raise NotFittedError(f"{self.name} model is not fitted: call fit() or load a saved model first")
+            raise self._not_fitted()
+
+    def _not_fitted(self) -> NotFittedError:
+        return NotFittedError(f"{self.name} model is not fitted: call fit() or load a saved model first")
 
     def infer_batches(
         self, samples: Sequence[Sample], *, use_cache: bool = True, progress: bool = False
@@ -317,7 +320,7 @@ class AnomalyModel:
     def _check_fitted_state(self) -> None:
         """Inference needs learned state (calibration comes after it inside fit, so it is not required)."""
         if not self._is_fitted():
-            raise NotFittedError(f"{self.name} model is not fitted: call fit() or load a saved model first")
+            raise self._not_fitted()
 
     def _is_fitted(self) -> bool:
         """True once the method's learned state exists (methods override; the default: calibrated)."""

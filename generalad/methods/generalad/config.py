@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from generalad.device import PRECISION_CHOICES
 from generalad.errors import ConfigError
 from generalad.methods.base import BaseConfig
 from generalad.methods.generalad.distortions import PARTIAL_DISTORTIONS, get_spec
 
 SELECTIONS = ("last", "validation", "oracle_test")
 SIGMA_UNITS = ("absolute", "feature_std")
-TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
 
 #: docs/methods/generalad.md §7 presets (noise-all always on); the fields a preset decides
 PRESETS: dict[str, dict[str, Any]] = {
@@ -150,8 +150,8 @@ class GeneralADConfig(BaseConfig):
             (self.shuffle_k_max is None or self.shuffle_k_max == -1 or self.shuffle_k_max >= 1,
              "shuffle_k_max must be >= 1 (or -1 / None for all patches)"),
             (self.map_sigma_at_518 >= 0 and self.map_radius_at_518 >= 0, "map sigma/radius must be >= 0"),
-            (self.train_precision in TRAIN_PRECISIONS,
-             f"train_precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.train_precision!r}"),
+            (self.train_precision in PRECISION_CHOICES,
+             f"train_precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.train_precision!r}"),
             (self.early_stopping_patience >= 1, "early_stopping_patience must be >= 1"),
             (self.noise_all or bool(self.distortions), "at least one distorted copy is needed"),
             (self.copies_per_forward is None or self.copies_per_forward >= 1, "copies_per_forward must be >= 1"),

@@ -240,7 +240,7 @@ def train_discriminator(
     """
     if not config.is_resolved:
         raise ConfigError("GeneralAD core needs a resolved config (GeneralADConfig(...).resolved())")
-    precision = _train_precision(config)
+    _train_precision(config)  # resolved before any work: distortion_loss reads it from the config
     grid = (int(grid[0]), int(grid[1]))
     _check_features(features, grid, "training features")
     attention = _check_attention(attention, features, config, "training features")
@@ -274,7 +274,6 @@ def train_discriminator(
 
     validate = validation_loss if validation is not None else None
 
-    del precision  # checked above; distortion_loss reads it from the config
     return train_loop(build, step, features.shape[0], loop, device=device, validate=validate, on_epoch=on_epoch,
                       progress=progress, desc="GeneralAD")
 
