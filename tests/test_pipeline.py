@@ -46,3 +46,19 @@ def test_contamination_then_exclusion(data: Path, tmp_path: Path) -> None:
     assert cleaned.info["contaminated_with"] == sorted(moved) or set(cleaned.info["contaminated_with"]) == moved
     with pytest.raises(InputError, match="cannot read exclude list"):
         open_training(data, exclude=tmp_path / "missing.txt")
+
+
+def test_few_shot_patchcore_on_real_bottles(bottle_dir: Path) -> None:
+    """Real data: 8 bottle shots all train, the threshold comes from 5 other training normals, and the
+    few-shot model still separates broken bottles (EfficientNet-Lite0 ImageNet weights, CPU)."""
+    from generalad.methods import get_method
+    from generalad.metrics import image_auroc
+    from generalad.pipeline import fit_on
+
+    run = open_training(bottle_dir, shots=8, seed=0)
+    model = fit_on(get_method("patchcore")(backbone="efficientnet_lite0", device="cpu"), run)
+    assert model.fit_info_["n_train"] == 8 and model.fit_info_["n_calibration"] == len(run.calibration) == 5
+    assert not set(model.train_files_) & set(model.calibration_files_)
+    assert model.describe()["device"] == "cpu" and model.describe()["precision_setting"] == "auto"
+    labels = [s.label for s in run.dataset.test]
+    assert image_auroc(model.score(run.dataset.test), labels) > 0.9

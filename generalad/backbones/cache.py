@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from generalad.backbones.base import Backbone, FeatureSet, preprocess
-from generalad.device import PRECISIONS, autocast, resolve_precision, synchronize  # noqa: F401 (PRECISIONS re-exported)
+from generalad.device import autocast, resolve_precision, synchronize
 from generalad.errors import ConfigError
 
 CACHE_FORMAT = 1

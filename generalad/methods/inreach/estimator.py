@@ -94,6 +94,7 @@ class InReaCh(AnomalyModel):
         self.reference_: torch.Tensor | None = None  # training image 0 (aligned sets only)
         self.result_: ir.InReaChResult | None = None
         self.layout_: dict[str, Any] = {}
+        self._index: ir.NearestBank | None = None
 
     def _backbone_layers(self) -> list[str] | None:
         """``config.layers``, else the block hierarchy of this backbone (the config itself stays as given)."""
@@ -150,7 +151,7 @@ class InReaCh(AnomalyModel):
 
     # ------------------------------------------------------------------ inference
     def _search(self, queries: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_index", None) is None:
+        if self._index is None:
             self._index = ir.NearestBank(self.bank_, device=self.device)
         dist2, _ = self._index.search(queries)
         return torch.as_tensor(dist2).float()
