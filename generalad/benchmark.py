@@ -17,6 +17,13 @@ YAML shape (relative paths are taken from the current directory)::
       - {name: aircraft, root: data/fgvc_aircraft, layout: fgvc_aircraft, normal_classes: [91],
          data_options: {test_classes: [91, 96]}}   # layout: skip auto-detection; data_options: reader options
 
+Optional ``tables:`` add tables in a paper's layout under the default one (same rows, same numbers)::
+
+    tables:
+      - {title: "Table 1: image AUROC", rows: model, metrics: [image_auroc]}          # a row per model, units as columns
+      - {title: "Table 2: pixel AUROC / PRO", rows: model, metrics: [pixel_auroc, pixel_aupro]}  # cells "a/b"
+      - {title: "Table 3: one-class AUROC", rows: unit, metrics: [image_auroc]}        # a row per class, model × dataset columns
+
 Dataset keys: ``root``, ``name``, ``layout``, ``categories`` / ``normal_classes``, ``split`` (VisA),
 ``data_options`` (open_dataset reader options, e.g. FGVC ``test_classes``, Cats-vs-Dogs ``split_seed``) and
 ``options`` (model options for this dataset). Writes ``results.jsonl`` (one line per fit/test), ``table.md`` and
@@ -45,6 +52,7 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_auspro@0.05", "lo
            "structural_image_auroc")
 GROUPS = ("logical", "structural")  # evaluate() writes metrics[group] = image metrics for MVTec LOCO
 SHOTS_MODES = ("random", "window")
+TABLE_ROWS = ("model", "unit")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -58,6 +66,12 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if cfg.get("shots_mode", "random") not in SHOTS_MODES:
         raise ConfigError(f"benchmark file {path}: shots_mode must be one of {', '.join(SHOTS_MODES)}")
     _check_datasets(cfg["datasets"], path)
+    for table in cfg.get("tables") or []:
+        if not isinstance(table, dict) or table.get("rows") not in TABLE_ROWS or not table.get("metrics"):
+            raise ConfigError(f"benchmark file {path}: every table needs rows: model|unit and a metrics list")
+        unknown = sorted(set(table["metrics"]) - set(METRICS))
+        if unknown:
+            raise ConfigError(f"benchmark file {path}: unknown table metric(s) {', '.join(unknown)}")
     return cfg
 
 
@@ -169,6 +183,46 @@ def make_tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
     return md, buf.getvalue()
 
 
+def _cell(values: list[list[float | None]]) -> str:
+    """Metrics of one cell ("96.2/94.7"): each the mean over seeds, in %, one decimal."""
+    out = []
+    for vals in values:
+        vals = [v for v in vals if v is not None and np.isfinite(v)]
+        out.append(f"{100 * float(np.mean(vals)):.1f}" if vals else "–")
+    return "/".join(out)
+
+
+def layout_table(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
+    """One markdown table in a paper's layout (``tables:`` entry): ``rows: model`` → a row per dataset ×
+    model with the units as columns and their mean last; ``rows: unit`` → a row per unit with model ×
+    dataset columns and a mean row. Means are over units of the per-unit (seed-averaged) values."""
+    metrics = list(spec["metrics"])
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    units = list(dict.fromkeys(r["unit"] for r in rows))
+
+    def values(dataset: str, model: str, unit: str | None) -> list[list[float | None]]:
+        picked = [r for r in rows if r["dataset"] == dataset and r["model"] == model and unit in (None, r["unit"])]
+        if unit is not None:
+            return [[r.get(k) for r in picked] for k in metrics]
+        per_unit = [[np.mean([v for r in picked if r["unit"] == u and (v := r.get(k)) is not None] or [np.nan])
+                     for u in units if any(r["unit"] == u for r in picked)] for k in metrics]
+        return [[float(np.nanmean(v))] if np.isfinite(v).any() else [] for v in map(np.array, per_unit)]
+
+    title = f"**{spec.get('title', ' / '.join(metrics))}** ({' / '.join(metrics)}, %)\n\n"
+    if spec["rows"] == "model":
+        header = ["dataset", "model", *units, "mean"]
+        body = [[d, m, *[_cell(values(d, m, u)) for u in units], _cell(values(d, m, None))]
+                for d in datasets for m in models if any(r["dataset"] == d and r["model"] == m for r in rows)]
+    else:
+        cols = [(d, m) for d in datasets for m in models if any(r["dataset"] == d and r["model"] == m for r in rows)]
+        header = ["unit", *[f"{m} {d}" for d, m in cols]]
+        body = [[u, *[_cell(values(d, m, u)) for d, m in cols]] for u in units]
+        body.append(["**mean**", *[_cell(values(d, m, None)) for d, m in cols]])
+    md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+    return title + md + "".join("| " + " | ".join(row) + " |\n" for row in body)
+
+
 def run_benchmark(
     config_file: str | Path, *, out: str | Path | None = None, quiet: bool = False, device: str | None = None
 ) -> list[dict[str, Any]]:
@@ -187,6 +241,8 @@ def run_benchmark(
     backbones = sorted({f"{r['backbone']} (sha256 {str(r['weights_sha256'])[:12]})" for r in rows})
     note = f"\nBackbone(s): {', '.join(backbones)}. Metrics in %, raw scores; selection: " + ", ".join(
         sorted({str(r["selection"]) for r in rows})) + ".\n"
+    for spec in cfg.get("tables") or []:
+        md += "\n" + layout_table(rows, spec)
     atomic_write_text(out / "table.md", md + note)
     atomic_write_text(out / "table.csv", table_csv)
     if not quiet:

@@ -27,7 +27,7 @@ def measure_speed(model: AnomalyModel, paths: Sequence[str], *, batch_size: int 
             model.to_original_size(chunk, maps)
     e2e = len(samples) * repeats / (time.perf_counter() - t0)
     n_batches = max(2, (len(samples) + batch_size - 1) // batch_size)
-    bb = backbone_throughput(model.backbone(), model.config.image_size, batch_size, model.config.precision, n_batches)
+    bb = backbone_throughput(model.backbone(), model.working_size, batch_size, model.config.precision, n_batches)
     return {
         "end_to_end_images_per_s": round(e2e, 3),
         "backbone_images_per_s": round(bb, 3),

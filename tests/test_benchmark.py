@@ -51,7 +51,7 @@ def test_benchmark_table_with_two_categories(tmp_path, capsys):
 PROTOCOLS = Path(__file__).resolve().parents[1] / "benchmarks" / "protocols"
 EXPECTED_PROTOCOLS = {
     "cifar10", "cifar100", "fmnist", "view", "cats_vs_dogs", "fgvc_aircraft", "stanford_cars", "mvtec_ad",
-    "mvtec_loco", "visa", "mpdd", "few_shot_mvtec",
+    "mvtec_loco", "visa", "mpdd", "few_shot_mvtec", "ard_dagm", "ard_novelty", "ard_mvtec_ad",
 }  # fmt: skip
 KNOWN_CLASSES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_SUPERCLASSES, "fmnist": FMNIST_CLASSES,
                  "cats_vs_dogs": CATS_DOGS, "fgvc_aircraft": [str(i) for i in range(100)],
@@ -141,3 +141,27 @@ def test_layout_data_options_window_shots_and_loco_columns(tmp_path: Path, monke
     header, _, row = md.splitlines()[:3]
     assert "S (2-shot) logical_image_auroc" in header and "S (2-shot) structural_image_auroc" in header
     assert row.split("|")[3:6] == [" 50.0 ", " 60.0 ", " 70.0 "]
+
+
+def test_layout_table_rows_per_unit_with_model_dataset_columns_and_seed_means() -> None:
+    """The one-class layout (ARD Table 3): a row per class, model × dataset columns, a mean row."""
+    from generalad.benchmark import layout_table
+
+    rows = [{"dataset": d, "model": m, "unit": u, "seed": s, "image_auroc": v}
+            for d, m, u, s, v in [("mnist", "RD", "0", 0, 0.9), ("mnist", "RD", "0", 1, 0.8), ("mnist", "RD", "1", 0, 1.0),
+                                  ("mnist", "ARD", "0", 0, 0.95), ("mnist", "ARD", "1", 0, 0.97)]]
+    md = layout_table(rows, {"title": "Table 3", "rows": "unit", "metrics": ["image_auroc"]}).splitlines()
+    assert md[0] == "**Table 3** (image_auroc, %)"
+    assert md[2] == "| unit | RD mnist | ARD mnist |"
+    assert md[4] == "| 0 | 85.0 | 95.0 |" and md[5] == "| 1 | 100.0 | 97.0 |"
+    assert md[6] == "| **mean** | 92.5 | 96.0 |"  # mean over classes of the seed means
+
+
+def test_bad_table_spec_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "b.yaml"
+    path.write_text("models: [{name: patchcore}]\ndatasets: [{root: x}]\ntables: [{rows: columns, metrics: [image_auroc]}]\n")
+    with pytest.raises(ConfigError, match="rows: model\\|unit"):
+        load_config(path)
+    path.write_text("models: [{name: patchcore}]\ndatasets: [{root: x}]\ntables: [{rows: unit, metrics: [f1]}]\n")
+    with pytest.raises(ConfigError, match="unknown table metric"):
+        load_config(path)

@@ -100,6 +100,23 @@ register_method(MethodInfo(
     "InReaCh (ICCV 2023): nominal patch channels from training data that may contain anomalies",
     doc="docs/methods/inreach.md",
 ))
+_RD_FLAGS = (
+    Flag("preset", str, "rd/ard: cpu | paper | cpu_novelty | paper_novelty"),
+    Flag("epochs", int, "training epochs (default: the preset's)"),
+    Flag("attn_at", str, "rd/ard: attention placement none | oce | mff | both"),
+    Flag("attention", str, "rd/ard: attention block cbam | se | eca"),
+    Flag("loss", str, "rd/ard: flattened (official code) | per_position (paper)"),
+)
+register_method(MethodInfo(
+    "rd", "generalad.methods.rd:ReverseDistillation",
+    "RD4AD (CVPR 2022): reverse distillation from a one-class embedding, frozen CNN teacher",
+    flags=_RD_FLAGS, doc="docs/methods/ard.md",
+))
+register_method(MethodInfo(
+    "ard", "generalad.methods.rd:ARD",
+    "ARD: RD4AD with CBAM attention in its one-class bottleneck (fused map + embedding blocks)",
+    flags=_RD_FLAGS, doc="docs/methods/ard.md",
+))
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_BASE:

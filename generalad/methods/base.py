@@ -164,6 +164,11 @@ class AnomalyModel:
             self.precision_ = resolve_precision(self.config.precision, self.device)
         return self.precision_
 
+    @property
+    def working_size(self) -> int:
+        """The square resolution images are resized to (``config.image_size``; presets may decide it)."""
+        return self.config.image_size
+
     def _backbone_layers(self) -> list[str] | None:
         """Backbone layers to tap: ``config.layers``, or the method's default for this backbone."""
         return self.config.layers
@@ -184,7 +189,7 @@ class AnomalyModel:
         return extract_features(
             self.backbone(),
             list(samples),
-            image_size=self.config.image_size,
+            image_size=self.working_size,
             batch_size=self.config.batch_size,
             precision=self.precision,
             cache_dir=self.config.cache_dir if use_cache else None,
@@ -211,7 +216,7 @@ class AnomalyModel:
 
     def _grids_to_maps(self, grids: torch.Tensor, context: Any) -> torch.Tensor:
         """Patch grids (N, h, w) → maps (N, S, S) at the working size, smoothed."""
-        size = (self.config.image_size, self.config.image_size)
+        size = (self.working_size, self.working_size)
         return upsample_maps(grids, size, sigma=self._map_sigma(), radius=self._map_radius(), mode=self._map_mode())
 
     def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
@@ -372,7 +377,7 @@ class AnomalyModel:
             "model": self.name,
             "backbone": self.config.backbone,
             "weights_sha256": getattr(bb, "weights_sha256", "unknown"),
-            "image_size": self.config.image_size,
+            "image_size": self.working_size,
             "precision": self.precision,  # resolved: what actually ran
             "precision_setting": self.config.precision,
             **({"precision_reason": precision_reason(self.device)} if self.config.precision == "auto" else {}),

@@ -229,3 +229,31 @@ def make_mnist_idx(root: Path, *, gz: bool) -> Path:
             else:
                 (root / name).write_bytes(payload)
     return root
+
+
+def make_dagm_textured(root: Path, classes: tuple[str, ...] = ("Class1", "Class2"), *, size: int = 64,
+                       n_normal: int = 8, n_defect: int = 3, seed: int = 0) -> Path:
+    """DAGM-layout classes of grey noise textures; defective images carry a bright ellipse (and its mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for cls in classes:
+        number = 1
+        for half in ("Train", "Test"):
+            lines = [DAGM_LABELS_HEADER.strip()]
+            for index in range(1, n_normal + n_defect + 1):
+                name = f"{number:04d}.PNG"
+                texture = (110 + 25 * rng.standard_normal((size, size))).clip(0, 255)
+                if index > n_normal:
+                    cy, cx = rng.integers(size // 4, 3 * size // 4, size=2)
+                    ellipse = ((yy - cy) / 9.0) ** 2 + ((xx - cx) / 5.0) ** 2 <= 1.0
+                    texture[ellipse] = 230
+                    write_image(root / cls / half / "Label" / f"{number:04d}_label.PNG",
+                                ellipse.astype(np.uint8) * 255)
+                    lines.append(f"{index}\t1\t{name}\t0\t{number:04d}_label.PNG")
+                else:
+                    lines.append(f"{index}\t0\t{name}\t0\t0")
+                write_image(root / cls / half / name, texture.astype(np.uint8))
+                number += 1
+            (root / cls / half / "Label").mkdir(parents=True, exist_ok=True)
+            (root / cls / half / "Label" / "Labels.txt").write_text("\n".join(lines) + "\n")
+    return root

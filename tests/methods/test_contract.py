@@ -24,6 +24,8 @@ from generalad.methods import MethodInfo, get_method, list_methods, load_model, 
 TINY = {
     "generalad": {"epochs": 2, "hidden": 32, "train_batch_size": 8},
     "inreach": {"feature_dim": 64},
+    "rd": {"epochs": 1, "train_batch_size": 8},
+    "ard": {"epochs": 1, "train_batch_size": 8},
 }
 
 

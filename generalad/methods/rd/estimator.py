@@ -1,0 +1,209 @@
+"""RD4AD (``rd``) and ARD (``ard``) as estimators: frozen CNN teacher (cached) → trained OCBE + student
+decoder → Σ_k (1 − cos) maps, Gaussian σ = 4 px, image score = max of the map (docs/methods/ard.md).
+
+The modules live in ``modules`` / ``attention``, the loss, maps and training step in ``core``; this file
+connects them to the teacher, the feature cache, calibration, model selection and the model file.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from generalad.data import Sample, read_mask
+from generalad.methods.base import AnomalyModel, BaseConfig
+from generalad.methods.rd import core
+from generalad.methods.rd.config import TEACHERS, ARDConfig, RDConfig, student_spec
+from generalad.methods.rd.modules import Student, StudentSpec
+from generalad.metrics import PixelMetrics, image_auroc, resize_masks
+from generalad.nn.maps import gaussian_blur
+
+#: the official code evaluates (and overwrites its checkpoint) every 10 epochs
+EVAL_EVERY = 10
+
+
+class ReverseDistillation(AnomalyModel):
+    """``ReverseDistillation(backbone="efficientnet_lite0").fit(train)`` — RD4AD, the faithful baseline."""
+
+    name: ClassVar[str] = "rd"
+    Config: ClassVar[type[BaseConfig]] = RDConfig
+
+    def __init__(self, config: RDConfig | None = None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        self._hparams: tuple[RDConfig, RDConfig] | None = None
+        self.student_: Student | None = None
+        self.history_: list[dict[str, Any]] = []
+        self.selection_: str = "last epoch"
+        self._test_for_selection: list[Sample] | None = None
+        self._monitor: list[Sample] | None = None
+
+    @property
+    def hparams(self) -> RDConfig:
+        """The configuration with its preset resolved, once per configuration."""
+        if self._hparams is None or self._hparams[0] is not self.config:
+            self._hparams = (self.config, self.config.resolved())
+        return self._hparams[1]
+
+    @property
+    def working_size(self) -> int:
+        return int(self.hparams.image_size)
+
+    def _backbone_layers(self) -> list[str] | None:
+        return self.config.layers or list(TEACHERS[self.config.backbone][0])
+
+    def _is_fitted(self) -> bool:
+        return self.student_ is not None
+
+    def _train_precision(self) -> str:
+        from generalad.device import resolve_precision
+
+        return resolve_precision(self.config.train_precision, self.device)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, samples: Sequence[Sample], *, calibration=None, progress: bool = False,
+            select_on_test: Sequence[Sample] | None = None, monitor: Sequence[Sample] | None = None):
+        """``select_on_test``: the official protocol (test every 10 epochs, best kept) — parity only, stamped.
+
+        ``monitor``: labelled samples (e.g. synthetic defects on held-out training normals) evaluated every
+        10 epochs into ``history_`` — a validation curve; it never changes which weights are kept.
+        """
+        self._test_for_selection = list(select_on_test) if select_on_test else None
+        self._monitor = list(monitor) if monitor else None
+        try:
+            return super().fit(samples, calibration=calibration, progress=progress)
+        finally:
+            self._test_for_selection = self._monitor = None
+
+    def _fit_features(self, features, samples: Sequence[Sample], *, held_out=None) -> None:
+        cfg = self.hparams
+        spec = student_spec(self.config.backbone, tuple(m.shape[1] for m in features.maps))
+        precision = self._train_precision()
+        callbacks = [c for c in (self._evaluator(self._monitor, "monitor", select=False),
+                                 self._evaluator(self._test_for_selection, "test", select=True)) if c]
+        best: dict[str, Any] = {"auroc": -1.0, "epoch": -1, "state": None}
+        checks: dict[int, dict[str, Any]] = {}  # epoch → {"monitor": ..., "test": ...}, merged into the history
+
+        def on_epoch(epoch: int, student: Student) -> None:
+            last = epoch + 1 == cfg.epochs
+            if (epoch + 1) % EVAL_EVERY and not last:
+                return
+            for evaluate, key, select in callbacks:
+                result = evaluate(student)
+                checks.setdefault(epoch, {})[key] = result
+                if select and result["image_auroc"] > best["auroc"]:  # ties → earliest
+                    best.update(auroc=result["image_auroc"], epoch=epoch, state=copy.deepcopy(student.state_dict()))
+
+        self.student_, self.history_ = core.train_student(
+            features.maps, spec, cfg, device=self.device, precision=precision,
+            on_epoch=on_epoch if callbacks else None, progress=self._progress,
+        )
+        for epoch, extra in checks.items():
+            self.history_[epoch].update(extra)
+        self.selection_ = self._selection_label(cfg, best)
+        self.method_stats_ = {
+            "epochs_run": len(self.history_),
+            "final_loss": self.history_[-1]["loss"],
+            "selection": self.selection_,
+            "train_precision": precision,
+            "student_parameters": sum(p.numel() for p in self.student_.parameters()),
+            "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in self.history_])), 3),
+        }
+
+    def _evaluator(self, samples: list[Sample] | None, key: str, select: bool):
+        """(evaluate(student) -> {"image_auroc", "pixel_auroc"?}, key, select) over ``samples``, or None."""
+        if not samples:
+            return None
+        feats = self.extract(samples).maps  # the teacher runs once; each check is a student forward
+        labels = np.array([s.label for s in samples])
+        size = (self.working_size, self.working_size)
+        masks = (np.concatenate([resize_masks(read_mask(s)[None], size) for s in samples])
+                 if any(s.mask_paths for s in samples) else None)
+
+        def evaluate(student: Student) -> dict[str, float]:
+            _, maps = self._maps(student, feats)
+            out = {"image_auroc": round(float(image_auroc(maps.flatten(1).amax(1).numpy(), labels)), 4)}
+            if masks is not None:
+                out["pixel_auroc"] = round(float(PixelMetrics(size).update(maps.numpy(), masks).compute()["pixel_auroc"]), 4)
+            return out
+
+        return evaluate, key, select
+
+    def _selection_label(self, cfg: RDConfig, best: dict[str, Any]) -> str:
+        if best["state"] is not None:
+            self.student_.load_state_dict(best["state"])
+            return (f"test (paper parity, oracle_test_every{EVAL_EVERY}): epoch {best['epoch']} of {cfg.epochs}, "
+                    f"test image AUROC {best['auroc']}")
+        return f"last epoch ({cfg.epochs})"
+
+    # ------------------------------------------------------------------ inference
+    def _distances(self, student: Student, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-image loss (N,), unblurred distance maps (N, S, S)) of ``student`` on teacher maps."""
+        return core.student_maps(
+            student, maps, batch_size=self.config.batch_size, device=self.device, precision=self._train_precision(),
+            size=(self.working_size, self.working_size), loss=self.config.loss,
+        )
+
+    def _maps(self, student: Student, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        losses, dist = self._distances(student, maps)
+        return losses, self._grids_to_maps(dist, None)
+
+    def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
+        losses, dist = self._distances(self.student_, features.maps)
+        return losses.double().numpy(), dist  # the image score is the max of the blurred map (_final_scores)
+
+    def _grids_to_maps(self, grids: torch.Tensor, context: Any) -> torch.Tensor:
+        """The distance maps are already at the working size: only the Gaussian (σ = ``map_sigma``) remains."""
+        return gaussian_blur(grids, self.config.map_sigma)
+
+    def _final_scores(self, scores: np.ndarray, maps: torch.Tensor) -> np.ndarray:
+        return maps.flatten(1).amax(dim=1).double().numpy()
+
+    def protocol(self) -> dict[str, Any]:
+        cfg = self.hparams
+        learned = self.fit_info_
+        return {
+            **super().protocol(),
+            "selection": self.selection_,
+            "preset": cfg.preset,
+            "epochs": cfg.epochs,
+            "image_size": cfg.image_size,
+            "teacher_layers": self._backbone_layers(),
+            "loss": cfg.loss,
+            "lr": cfg.lr,
+            "betas": list(cfg.betas),
+            "attention": cfg.attention if cfg.attn_at != "none" else None,
+            "attn_at": cfg.attn_at,
+            "image_score": "max of the map (Gaussian σ = %g px)" % cfg.map_sigma,
+            "train_precision": learned.get("train_precision", self._train_precision()),
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def _state(self) -> dict[str, torch.Tensor]:
+        state = {f"student.{k}": v for k, v in self.student_.state_dict().items()}
+        state["teacher_channels"] = torch.tensor(self.student_.spec.channels, dtype=torch.int64)
+        return state
+
+    def _load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        cfg = self.hparams
+        spec: StudentSpec = student_spec(self.config.backbone, tuple(int(c) for c in tensors["teacher_channels"].tolist()))
+        student = Student(spec, attention=cfg.attention, attn_at=cfg.attn_at, reduction=cfg.reduction)
+        student.load_state_dict({k.removeprefix("student."): v for k, v in tensors.items() if k.startswith("student.")})
+        self.student_ = student.to(self.device).eval()
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"selection": self.selection_, "history": self.history_}
+
+    def _load_extra_meta(self, meta: dict[str, Any]) -> None:
+        self.selection_ = meta.get("selection", "unknown")
+        self.history_ = meta.get("history", [])
+
+
+class ARD(ReverseDistillation):
+    """``ARD(backbone="efficientnet_lite0").fit(train)`` — RD4AD with CBAM in the one-class embedding."""
+
+    name: ClassVar[str] = "ard"
+    Config: ClassVar[type[BaseConfig]] = ARDConfig
