@@ -37,8 +37,7 @@ def test_distance_maps_sum_the_scales_at_the_input_size() -> None:
     t = _feats()
     s = [x.clone() for x in t]
     s[0][:, :, 4, 4] = -s[0][:, :, 4, 4]  # one opposite vector at the finest scale → distance 2 there
-    maps = distance_maps(t, s, (64, 64))
-    assert maps.shape == (3, 64, 64)
+    maps = distance_maps(t, s, (61, 61))  # align_corners=True: grid point 4 of 16 lands on pixel 4·60/15 = 16
+    assert maps.shape == (3, 61, 61)
     assert float(maps.max()) == pytest.approx(2.0, abs=1e-5) and float(maps.min()) == pytest.approx(0.0, abs=1e-5)
-    y, x = divmod(int(maps[0].argmax()), 64)
-    assert abs(y - 4 * 63 / 15) < 1.5 and abs(x - 4 * 63 / 15) < 1.5  # align_corners=True position
+    assert divmod(int(maps[0].argmax()), 61) == (16, 16)
