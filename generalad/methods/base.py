@@ -68,6 +68,10 @@ class BaseConfig:
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a name such as 'auto', 'cpu' or 'cuda:0', got {self.device!r} (--device)")
 
+    def resolved(self) -> "BaseConfig":
+        """A copy with preset-decided fields filled in; configs without presets are already resolved."""
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["threshold"] = dataclasses.asdict(self.threshold)
@@ -103,6 +107,7 @@ class AnomalyModel:
         The configuration is validated here (one-line ``ConfigError``) and never changed afterwards.
         """
         self.config = self._configured(config if config is not None else self.Config(), overrides)
+        self._hparams: tuple[BaseConfig, BaseConfig] | None = None  # (config, config.resolved()), see hparams
         self.infer_chunk = 64  # images per inference chunk: features of one chunk live in memory at once
         self.backbone_: torch.nn.Module | None = None
         self.device_: torch.device | None = None  # resolved from config.device on first use
@@ -144,6 +149,13 @@ class AnomalyModel:
         changed = [f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config)
                    if getattr(self.config, f.name) != getattr(default, f.name)]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    @property
+    def hparams(self) -> BaseConfig:
+        """``config.resolved()`` (presets filled in), computed once per configuration (``set_params`` starts over)."""
+        if self._hparams is None or self._hparams[0] is not self.config:
+            self._hparams = (self.config, self.config.resolved())
+        return self._hparams[1]
 
     # ----------------------------------------------------------------- device, backbone and features
     @property

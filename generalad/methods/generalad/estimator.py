@@ -37,19 +37,11 @@ class GeneralAD(AnomalyModel):
 
     def __init__(self, config: GeneralADConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)
-        self._hparams: tuple[GeneralADConfig, GeneralADConfig] | None = None
         self.disc_: Discriminator | None = None
         self.grid_: tuple[int, int] | None = None
         self.history_: list[dict[str, Any]] = []
         self.selection_: str = "last epoch"
         self._test_for_selection: list[Sample] | None = None
-
-    @property
-    def hparams(self) -> GeneralADConfig:
-        """The configuration with its preset resolved, once per configuration (``set_params`` starts over)."""
-        if self._hparams is None or self._hparams[0] is not self.config:
-            self._hparams = (self.config, self.config.resolved())
-        return self._hparams[1]
 
     @property
     def needs_attention(self) -> bool:  # type: ignore[override]

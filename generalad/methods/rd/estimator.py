@@ -34,19 +34,11 @@ class ReverseDistillation(AnomalyModel):
 
     def __init__(self, config: RDConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)
-        self._hparams: tuple[RDConfig, RDConfig] | None = None
         self.student_: Student | None = None
         self.history_: list[dict[str, Any]] = []
         self.selection_: str = "last epoch"
         self._test_for_selection: list[Sample] | None = None
         self._monitor: list[Sample] | None = None
-
-    @property
-    def hparams(self) -> RDConfig:
-        """The configuration with its preset resolved, once per configuration."""
-        if self._hparams is None or self._hparams[0] is not self.config:
-            self._hparams = (self.config, self.config.resolved())
-        return self._hparams[1]
 
     @property
     def working_size(self) -> int:
