@@ -45,7 +45,27 @@ def deconv2x2(cin: int, cout: int) -> nn.ConvTranspose2d:
 
 
 # ----------------------------------------------------------------------------------------- residual blocks
-class BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """What both block types share after their convs: optional attention, the shortcut, the final ReLU.
+
+    Subclasses call ``_attach`` after building their convs, so attention and shortcut are registered after
+    them (``init_weights`` walks the modules in that order: the seeded weights depend on it).
+    """
+
+    def _attach(self, shortcut: nn.Module | None, attention: nn.Module | None, final_relu: bool) -> None:
+        self.relu = nn.ReLU(inplace=True)
+        self.attention = attention
+        self.shortcut = shortcut
+        self.final_relu = final_relu
+
+    def _merge(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.attention is not None:
+            out = self.attention(out)
+        out = out + (x if self.shortcut is None else self.shortcut(x))
+        return self.relu(out) if self.final_relu else out
+
+
+class BasicBlock(_Residual):
     """ResNet basic block; ``up=True``: the first conv is a 2×2 stride-2 transposed conv (decoder)."""
 
     expansion = 1
@@ -54,26 +74,18 @@ class BasicBlock(nn.Module):
                  up: bool = False, base_width: int = 64, attention: nn.Module | None = None,
                  final_relu: bool = True) -> None:
         super().__init__()
-        self.final_relu = final_relu
         self.conv1 = deconv2x2(cin, planes) if up else conv3x3(cin, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.attention = attention
-        self.shortcut = shortcut
+        self._attach(shortcut, attention, final_relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.attention is not None:
-            out = self.attention(out)
-        identity = x if self.shortcut is None else self.shortcut(x)
-        out = out + identity
-        return self.relu(out) if self.final_relu else out
+        return self._merge(self.bn2(self.conv2(out)), x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     """ResNet (v1.5) bottleneck, width ``planes·base_width/64``; ``up=True``: the 3×3 becomes a 2×2 deconv."""
 
     expansion = 4
@@ -82,7 +94,6 @@ class Bottleneck(nn.Module):
                  up: bool = False, base_width: int = 64, attention: nn.Module | None = None,
                  final_relu: bool = True) -> None:
         super().__init__()
-        self.final_relu = final_relu
         width = int(planes * base_width / 64)
         self.conv1 = conv1x1(cin, width)
         self.bn1 = nn.BatchNorm2d(width)
@@ -90,19 +101,12 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.attention = attention
-        self.shortcut = shortcut
+        self._attach(shortcut, attention, final_relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.attention is not None:
-            out = self.attention(out)
-        identity = x if self.shortcut is None else self.shortcut(x)
-        out = out + identity
-        return self.relu(out) if self.final_relu else out
+        return self._merge(self.bn3(self.conv3(out)), x)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -116,10 +120,13 @@ def make_stage(block: type, cin: int, planes: int, blocks: int, *, up: bool, bas
     """
     cout = planes * block.expansion
     shortcut = nn.Sequential(deconv2x2(cin, cout) if up else conv1x1(cin, cout, 2), nn.BatchNorm2d(cout))
-    att = (lambda: attention(cout)) if attention is not None else (lambda: None)
-    layers = [block(cin, planes, 2, shortcut, up=up, base_width=base_width, attention=att())]
-    layers += [block(cout, planes, up=False, base_width=base_width, attention=att()) for _ in range(blocks - 1)]
-    layers[-1].final_relu = final_relu
+    layers = []
+    for i in range(blocks):
+        first, last = i == 0, i == blocks - 1
+        layers.append(block(cin if first else cout, planes, 2 if first else 1, shortcut if first else None,
+                            up=up and first, base_width=base_width,
+                            attention=attention(cout) if attention is not None else None,
+                            final_relu=final_relu or not last))
     return nn.Sequential(*layers)
 
 
