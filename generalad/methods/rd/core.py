@@ -61,17 +61,16 @@ def loop_config(cfg, n: int) -> LoopConfig:
 
 @torch.no_grad()
 def student_maps(student: Student, maps: Sequence[torch.Tensor], *, batch_size: int, device: torch.device,
-                 precision: str, size: tuple[int, int], loss: str = "flattened") -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss per image (N,), distance maps (N, H, W)) of the student in eval mode, on CPU, fp32."""
+                 precision: str, size: tuple[int, int]) -> torch.Tensor:
+    """Distance maps (N, H, W) of the student in eval mode, on the CPU, fp32, before the Gaussian."""
     student.eval()
-    losses, out = [], []
+    out = []
     for start in range(0, maps[0].shape[0], batch_size):
         t = [m[start : start + batch_size].to(device) for m in maps]
         with autocast(device, precision):
             s = student(t)
-        losses.append(per_sample_loss(t, s, loss).cpu())
         out.append(distance_maps(t, s, size).cpu())
-    return torch.cat(losses), torch.cat(out)
+    return torch.cat(out)
 
 
 def train_student(

@@ -116,7 +116,7 @@ class ReverseDistillation(AnomalyModel):
                  if any(s.mask_paths for s in samples) else None)
 
         def evaluate(student: Student) -> dict[str, float]:
-            _, maps = self._maps(student, feats)
+            maps = self._grids_to_maps(self._distances(student, feats), None)
             out = {"image_auroc": round(float(image_auroc(maps.flatten(1).amax(1).numpy(), labels)), 4)}
             if masks is not None:
                 out["pixel_auroc"] = round(float(PixelMetrics(size).update(maps.numpy(), masks).compute()["pixel_auroc"]), 4)
@@ -132,20 +132,15 @@ class ReverseDistillation(AnomalyModel):
         return f"last epoch ({cfg.epochs})"
 
     # ------------------------------------------------------------------ inference
-    def _distances(self, student: Student, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-image loss (N,), unblurred distance maps (N, S, S)) of ``student`` on teacher maps."""
-        return core.student_maps(
-            student, maps, batch_size=self.config.batch_size, device=self.device, precision=self._train_precision(),
-            size=(self.working_size, self.working_size), loss=self.config.loss,
-        )
-
-    def _maps(self, student: Student, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        losses, dist = self._distances(student, maps)
-        return losses, self._grids_to_maps(dist, None)
+    def _distances(self, student: Student, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Unblurred distance maps (N, S, S) of ``student`` on teacher maps."""
+        return core.student_maps(student, maps, batch_size=self.config.batch_size, device=self.device,
+                                 precision=self._train_precision(), size=(self.working_size, self.working_size))
 
     def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
-        losses, dist = self._distances(self.student_, features.maps)
-        return losses.double().numpy(), dist  # the image score is the max of the blurred map (_final_scores)
+        dist = self._distances(self.student_, features.maps)
+        # raw score = max of the unblurred map; the image score is the max of the blurred one (_final_scores)
+        return dist.flatten(1).amax(dim=1).double().numpy(), dist
 
     def _grids_to_maps(self, grids: torch.Tensor, context: Any) -> torch.Tensor:
         """The distance maps are already at the working size: only the Gaussian (σ = ``map_sigma``) remains."""
