@@ -102,7 +102,7 @@ class RDConfig(BaseConfig):
         ]
         for ok, message in checks:
             if not ok:
-                raise ConfigError(f"rd: {message}")
+                raise ConfigError(f"{type(self).__name__.removesuffix('Config').lower()}: {message}")
 
     paper_lr: ClassVar[float] = 0.005  # [RC]
 
