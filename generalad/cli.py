@@ -1,4 +1,4 @@
-"""Command-line interface: ``generalad fit | test | predict | speed | benchmark | clean | demo | doctor``.
+"""Command-line interface: ``generalad fit | test | predict | speed | benchmark | clean | generate | demo | doctor``.
 
 Every user-caused problem ends in one line on stderr (``generalad: error: ...``) and exit status 2. The
 ``--model`` choices, their help and the method-specific flags come from the method registry
@@ -198,6 +198,17 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from generalad.methods.anomalyhybrid.estimator import generate_from_run
+
+    ds = _open(args)
+    sources = ds.train if args.from_split == "train" else [s for s in ds.test if s.label == 0]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    _print_json(generate_from_run(args.run, sources, args.n, args.out, seed=args.seed, kinds=kinds,
+                                  mask_source=args.mask_source, device=args.device, progress=not args.quiet))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from generalad.demo import run_demo
 
@@ -312,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--out", required=True, help="LIST file of flagged paths (+ LIST.ranking.tsv)")
     clean.set_defaults(func=cmd_clean)
 
+    gen = sub.add_parser("generate", help="anomalyhybrid: write N generated (anomalous image, mask) pairs, MVTec style")
+    gen.add_argument("--run", required=True, help="a fitted anomalyhybrid run (holds its generator)")
+    _add_data_args(gen)
+    gen.add_argument("--from-split", default="train", choices=["train", "test-good"],
+                     help="normal images to start from (default: the training normals)")
+    gen.add_argument("--n", type=int, required=True, help="number of anomalies")
+    gen.add_argument("--kinds", default="local", help="local | global | local,global")
+    gen.add_argument("--mask-source", choices=["fusion", "region"], help="default: the run's")
+    gen.add_argument("--seed", type=int, default=0)
+    _add_device_args(gen, precision=False)
+    gen.add_argument("--out", required=True, help="folder: test/<kind>/NNN.png, ground_truth/<kind>/NNN_mask.png")
+    gen.set_defaults(func=cmd_generate)
+
     demo = sub.add_parser("demo", help="offline end-to-end run on generated data with bundled weights")
     demo.add_argument("--out", default="runs/demo")
     demo_methods = [n for n in methods if method_info(n).demo is not None]
@@ -321,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the environment and which weights are available")
     doctor.set_defaults(func=cmd_doctor)
 
-    for p in (fit, test, pred, speed, bench, demo, clean):
+    for p in (fit, test, pred, speed, bench, demo, clean, gen):
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

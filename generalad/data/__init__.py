@@ -22,6 +22,7 @@ from generalad.data.idx import find_idx_dir, read_mnist
 from generalad.data.images import content_hash, image_hw, read_image, read_mask, read_mask_values
 from generalad.data.loco import LocoDefect, loco_defects_config, read_loco, read_loco_defects
 from generalad.data.mvtec import read_mvtec
+from generalad.data.mvtec3d import depth_from_xyz, read_depth, read_mvtec3d, read_xyz
 from generalad.data.sample import Dataset, Sample, contaminate, sample_shots, split_holdout
 from generalad.data.stanford_cars import find_base, read_stanford_cars
 from generalad.data.view import is_view, read_view
@@ -36,13 +37,17 @@ __all__ = [
     "Sample",
     "contaminate",
     "content_hash",
+    "depth_from_xyz",
     "image_hw",
     "loco_defects_config",
     "open_dataset",
+    "read_depth",
     "read_image",
     "read_loco_defects",
     "read_mask",
     "read_mask_values",
+    "read_mvtec3d",
+    "read_xyz",
     "sample_shots",
     "split_holdout",
 ]
@@ -50,7 +55,7 @@ __all__ = [
 ONE_CLASS_LAYOUTS = (
     "classfolder", "cifar10", "cifar100", "mnist", "fmnist", "view", "fgvc_aircraft", "stanford_cars", "cats_vs_dogs",
 )  # fmt: skip
-LAYOUTS = ("auto", "mvtec", "loco", "visa", "dagm", *ONE_CLASS_LAYOUTS)
+LAYOUTS = ("auto", "mvtec", "mvtec3d", "loco", "visa", "dagm", *ONE_CLASS_LAYOUTS)
 #: Reader-specific keyword options of ``open_dataset`` (anything else is an unknown option).
 READER_OPTIONS: dict[str, tuple[str, ...]] = {
     "fgvc_aircraft": ("test_classes",),
@@ -72,6 +77,8 @@ def _is_visa_category(folder: Path) -> bool:
 
 def _detect_here(root: Path) -> str | None:
     """The layout of ``root`` itself, or None."""
+    if (root / "train" / "good" / "rgb").is_dir() and (root / "train" / "good" / "xyz").is_dir():
+        return "mvtec3d"  # before MVTec: an MVTec 3D-AD category also has train/good
     if (root / "train" / "good").is_dir():
         return "loco" if (root / "test" / "logical_anomalies").is_dir() else "mvtec"
     if find_data_dir(root) is not None:  # before VisA: fgvc-aircraft-2013b/data/images looks like Data/Images
@@ -100,7 +107,7 @@ def _detect_here(root: Path) -> str | None:
 def _undetected(root: Path) -> GeneralADError:
     """The error for a folder whose layout is unknown."""
     # A folder of categories (e.g. the MVTec AD root): say which category names exist.
-    categories = [d.name for d in subdirs(root) if _detect_here(d) in ("mvtec", "loco", "classfolder")]
+    categories = [d.name for d in subdirs(root) if _detect_here(d) in ("mvtec", "mvtec3d", "loco", "classfolder")]
     if categories:
         return ConfigError(f"{root} holds several categories: pass category= one of {', '.join(categories)}")
     return InputError(
@@ -141,6 +148,7 @@ def _reader(
 ) -> Callable[[Path], Dataset]:
     readers: dict[str, Callable[[Path], Dataset]] = {
         "mvtec": read_mvtec,
+        "mvtec3d": read_mvtec3d,
         "loco": read_loco,
         "visa": lambda r: _open_visa(r, category, split),
         "dagm": _open_dagm,

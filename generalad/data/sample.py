@@ -24,6 +24,7 @@ class Sample:
     mask_paths: tuple[str, ...] = ()  # OR-ed together; empty → all-zero mask
     category: str = ""
     split: str = "test"  # "train" | "validation" | "test"
+    depth_path: str = ""  # MVTec 3D-AD: the sample's xyz TIFF (organised point cloud); empty for 2-D datasets
     array: np.ndarray | None = field(default=None, compare=False, repr=False)  # in-memory pixels
 
 

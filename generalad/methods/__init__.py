@@ -117,6 +117,16 @@ register_method(MethodInfo(
     "ARD: RD4AD with CBAM attention in its one-class bottleneck (fused map + embedding blocks)",
     flags=_RD_FLAGS, doc="docs/methods/ard.md",
 ))
+register_method(MethodInfo(
+    "anomalyhybrid", "generalad.methods.anomalyhybrid:AnomalyHybrid",
+    "AnomalyHybrid (CVPR-W 2025): depth/edge-conditioned anomaly generator + DRAEM-style UNet detector",
+    flags=(Flag("preset", str, "anomalyhybrid: cpu | paper | smoke"),
+           Flag("generator", str, "anomalyhybrid: reuse the generator of this fitted anomalyhybrid run"),
+           Flag("depth", str, "anomalyhybrid: pseudo | sensor | none | onnx:<file>"),
+           Flag("edges", str, "anomalyhybrid: sobel_nms | onnx:<file>")),
+    doc="docs/methods/anomalyhybrid.md",
+))
+
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_BASE:

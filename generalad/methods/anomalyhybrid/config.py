@@ -1,0 +1,111 @@
+"""AnomalyHybrid configuration and presets (docs/methods/anomalyhybrid.md §6).
+
+Fields left ``None`` are filled from the preset by ``resolved()`` (the constructor never rewrites them):
+
+* ``paper``: 256 px, generator widths 64-128-256-512, 250 epochs at batch 28, Adam 2e-4 with linear decay
+  ([SH]); detector base width 64, 200 epochs × 500 samples, batch 8, Adam 1e-4 × 0.2 at 80 % / 90 % ([AD]).
+* ``cpu`` (default): 128 px, widths 32-64-128-256 (≈ 4 M parameters), 1,200 steps at batch 8; detector base
+  16, 16 epochs × 500 samples — sized to the issue's 30 / 20 minute budgets on 2 cores (docs/RESULTS.md).
+* ``smoke``: 64 px, tiny widths, a few steps — tests and the demo only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from generalad.errors import ConfigError
+from generalad.methods.anomalyhybrid.manipulate import OPERATORS, REGIONS
+from generalad.methods.anomalyhybrid.structure import StructureSources
+from generalad.methods.base import BaseConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"image_size": 256, "gen_widths": (64, 128, 256, 512), "gen_steps": None, "gen_epochs": 250,
+              "gen_batch": 28, "det_base": 64, "det_epochs": 200, "n_generated": 2000},
+    "cpu": {"image_size": 128, "gen_widths": (32, 64, 128, 256), "gen_steps": 600, "gen_epochs": None,
+            "gen_batch": 8, "det_base": 16, "det_epochs": 16, "n_generated": 1000},
+    "smoke": {"image_size": 64, "gen_widths": (8, 16, 32, 64), "gen_steps": 4, "gen_epochs": None,
+              "gen_batch": 4, "det_base": 4, "det_epochs": 1, "n_generated": 16},
+}
+MASK_SOURCES = ("fusion", "region")
+
+
+@dataclasses.dataclass
+class AnomalyHybridConfig(BaseConfig):
+    """AnomalyHybrid: structure-conditioned anomaly generator + DRAEM-style UNet detector.
+
+    backbone: always "pixels" — the detector reads RGB; the generator's perceptual network is ``perceptual``.
+    edges / depth: structure sources (generalad.methods.anomalyhybrid.structure), named in every record.
+    generator: a fitted anomalyhybrid run (or ``generalad generate`` generator) whose generator is reused.
+    gen_*: generator training (steps win over epochs); lambda_*: loss weights (ours, docs §3).
+    operators / regions / mask_source: the local anomalies the detector is trained on.
+    det_*: detector (``det_samples`` per epoch, half normal / half generated).
+    """
+
+    backbone: str = "pixels"
+    image_size: int | None = None  # type: ignore[assignment]
+    preset: str = "cpu"
+    edges: str = "sobel_nms"
+    depth: str = "pseudo"
+    perceptual: str = "efficientnet_lite0"
+    perceptual_weights: str | None = None
+    generator: str | None = None
+    gen_widths: tuple[int, ...] | None = None
+    gen_steps: int | None = None
+    gen_epochs: int | None = None
+    gen_batch: int | None = None
+    gen_lr: float = 2e-4
+    lambda_l1: float = 10.0
+    lambda_perceptual: float = 10.0
+    lambda_gan: float = 1.0
+    lambda_fusion: float = 0.1
+    operators: tuple[str, ...] = tuple(OPERATORS)
+    regions: tuple[str, ...] = REGIONS
+    mask_source: str = "fusion"
+    n_generated: int | None = None
+    det_base: int | None = None
+    det_epochs: int | None = None
+    det_samples: int = 500
+    det_batch: int = 8
+    det_lr: float = 1e-4
+    train_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"anomalyhybrid: unknown preset {self.preset!r}; choose from {', '.join(PRESETS)} (--preset)")
+        super().__post_init__()
+        for name in ("gen_widths", "operators", "regions"):  # JSON round trip gives lists
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(getattr(self, name)))
+        StructureSources(self.edges, self.depth)  # validates both names
+        checks = [
+            (self.backbone == "pixels", "the detector reads pixels: backbone must be 'pixels' "
+                                        f"(the perceptual network is --set perceptual=...), got {self.backbone!r}"),
+            (bool(self.operators) and set(self.operators) <= set(OPERATORS),
+             f"operators must be a non-empty subset of {', '.join(OPERATORS)}, got {self.operators!r}"),
+            (bool(self.regions) and set(self.regions) <= set(REGIONS), f"regions must be a subset of {', '.join(REGIONS)}"),
+            (self.mask_source in MASK_SOURCES, f"mask_source must be one of {', '.join(MASK_SOURCES)}"),
+            (self.image_size is None or (self.image_size >= 32 and self.image_size % 32 == 0),
+             "image_size must be a multiple of 32 (the UNet pools 5 times)"),
+            (self.gen_steps is None or self.gen_steps >= 1, "gen_steps must be >= 1"),
+            (self.det_epochs is None or self.det_epochs >= 1, "det_epochs must be >= 1"),
+            (self.n_generated is None or self.n_generated >= 1, "n_generated must be >= 1"),
+            (min(self.det_samples, self.det_batch) >= 1, "det_samples and det_batch must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"anomalyhybrid: {message}")
+        if not self.active_operators():
+            raise ConfigError("anomalyhybrid: depth='none' switches the depth decoder off; give an edge operator "
+                              f"({', '.join(op for op, d in OPERATORS.items() if d == 'edges')})")
+
+    def resolved(self) -> "AnomalyHybridConfig":
+        fill = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
+
+    def active_operators(self) -> tuple[str, ...]:
+        """The operators that can run: without depth, only the edge-map ones."""
+        return tuple(op for op in self.operators if self.depth != "none" or OPERATORS[op] == "edges")
+
+    def sources(self) -> StructureSources:
+        return StructureSources(self.edges, self.depth)

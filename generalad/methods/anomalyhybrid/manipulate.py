@@ -1,0 +1,146 @@
+"""Local edits of structure maps: where (regions) and what (operators) — docs/methods/anomalyhybrid.md §5.
+
+Everything works on one image's maps as float32 numpy arrays (S, S) in [0, 1] and draws its randomness from
+a ``numpy.random.Generator``: same seed → same edits.
+
+Regions ``R`` (bool (S, S)), centred on the object: ``ellipse`` (random axes and angle) or ``perlin`` (one
+connected blob of thresholded 2-D Perlin noise, as DRAEM's masks). ``foreground(rgb)`` estimates the object
+(Otsu on blurred luminance, the class touching the border less is the object; textures → everywhere).
+
+Operators (each returns the edited map; the decoder they drive is given in ``OPERATORS``):
+``bump`` / ``dent`` raise / lower depth smoothly inside R (protrusion / dent); ``depth_patch`` /
+``edge_patch`` transplant the map of another image inside R; ``strokes`` draws random thin curves on the
+edge map inside R; ``erase`` removes edges inside R.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+#: operator → the decoder whose structure map it edits
+OPERATORS = {"bump": "depth", "dent": "depth", "depth_patch": "depth",
+             "edge_patch": "edges", "strokes": "edges", "erase": "edges"}
+REGIONS = ("ellipse", "perlin")
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    p = hist / max(hist.sum(), 1)
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * (edges[:-1] + edges[1:]) / 2)
+    between = (mu[-1] * w0 - mu) ** 2 / np.clip(w0 * (1 - w0), 1e-12, None)
+    return float(edges[1:][np.argmax(between)])
+
+
+def foreground(rgb: np.ndarray, min_fraction: float = 0.1, max_fraction: float = 0.9) -> np.ndarray:
+    """Bool (S, S) object mask of an (S, S, 3) image; the whole image when no clear object/background split."""
+    grey = ndimage.gaussian_filter(rgb.mean(axis=2), sigma=max(1.0, rgb.shape[0] / 64))
+    bright = grey > otsu_threshold(grey)
+    border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+    obj = ~bright if border.mean() > 0.5 else bright
+    obj = ndimage.binary_fill_holes(ndimage.binary_opening(obj, iterations=2))
+    if not (min_fraction <= obj.mean() <= max_fraction):
+        return np.ones_like(obj, dtype=bool)
+    return obj
+
+
+def _centre(rng: np.random.Generator, where: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero(where)
+    k = int(rng.integers(0, len(ys)))
+    return int(ys[k]), int(xs[k])
+
+
+def ellipse_region(size: int, rng: np.random.Generator, where: np.ndarray, area: tuple[float, float]) -> np.ndarray:
+    cy, cx = _centre(rng, where)
+    a = np.sqrt(rng.uniform(*area) * size * size / np.pi)
+    ratio = np.exp(rng.uniform(np.log(0.3), np.log(1.0)))
+    ry, rx, theta = a * np.sqrt(ratio), a / np.sqrt(ratio), rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    dy, dx = yy - cy, xx - cx
+    u = dx * np.cos(theta) + dy * np.sin(theta)
+    v = -dx * np.sin(theta) + dy * np.cos(theta)
+    return (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
+
+
+def perlin_noise(size: int, cells: int, rng: np.random.Generator) -> np.ndarray:
+    """2-D Perlin noise (size, size) on a ``cells`` × ``cells`` lattice, vectorised."""
+    angles = rng.uniform(0, 2 * np.pi, (cells + 1, cells + 1))
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    t = np.linspace(0, cells, size, endpoint=False)
+    gy, gx = np.meshgrid(t, t, indexing="ij")
+    iy, ix = gy.astype(int), gx.astype(int)
+    fy, fx = gy - iy, gx - ix
+
+    def dot(oy: int, ox: int) -> np.ndarray:
+        g = grads[iy + oy, ix + ox]
+        return g[..., 0] * (fx - ox) + g[..., 1] * (fy - oy)
+
+    fade = lambda f: 6 * f**5 - 15 * f**4 + 10 * f**3  # noqa: E731
+    uy, ux = fade(fy), fade(fx)
+    top = dot(0, 0) * (1 - ux) + dot(0, 1) * ux
+    bottom = dot(1, 0) * (1 - ux) + dot(1, 1) * ux
+    return top * (1 - uy) + bottom * uy
+
+
+def perlin_region(size: int, rng: np.random.Generator, where: np.ndarray, area: tuple[float, float]) -> np.ndarray:
+    """The connected component of thresholded Perlin noise around a centre on the object, clipped to a box."""
+    noise = perlin_noise(size, int(rng.choice([2, 4, 8])), rng)
+    blob = noise > np.quantile(noise, 1 - rng.uniform(*area) * 4)
+    cy, cx = _centre(rng, where)
+    half = int(np.sqrt(rng.uniform(*area)) * size)
+    box = np.zeros_like(blob)
+    box[max(0, cy - half): cy + half + 1, max(0, cx - half): cx + half + 1] = True
+    labels, n = ndimage.label(blob & box)
+    if n == 0:
+        return ellipse_region(size, rng, where, area)
+    sizes = ndimage.sum(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    return labels == (1 + int(np.argmax(sizes)))
+
+
+def region(kind: str, size: int, rng: np.random.Generator, where: np.ndarray,
+           area: tuple[float, float] = (0.003, 0.03)) -> np.ndarray:
+    """A bool (size, size) region of kind ``ellipse`` | ``perlin``; ``area``: fraction of the image."""
+    r = (ellipse_region if kind == "ellipse" else perlin_region)(size, rng, where, area)
+    return r if r.sum() >= 4 else ellipse_region(size, rng, where, area)
+
+
+def _soft(r: np.ndarray, sigma: float) -> np.ndarray:
+    return np.clip(ndimage.gaussian_filter(r.astype(np.float32), sigma), 0, 1) if sigma > 0 else r.astype(np.float32)
+
+
+def apply_operator(op: str, maps: np.ndarray, r: np.ndarray, rng: np.random.Generator,
+                   donor: np.ndarray | None = None) -> np.ndarray:
+    """Edited copy of ``maps`` (2, S, S) [depth, edges] inside ``r``; ``donor`` (2, S, S) for the patch operators."""
+    out = maps.copy()
+    size = maps.shape[-1]
+    if op in ("bump", "dent"):
+        sign = 1.0 if op == "bump" else -1.0
+        dist = ndimage.distance_transform_edt(r)
+        shape = np.sqrt(dist / max(float(dist.max()), 1.0))  # smooth dome, 0 on the region border
+        out[0] = np.clip(out[0] + sign * rng.uniform(0.15, 0.5) * shape, 0, 1)
+    elif op in ("depth_patch", "edge_patch"):
+        c = 0 if op == "depth_patch" else 1
+        alpha = _soft(r, 1.0)
+        src = np.roll(donor[c], shift=(int(rng.integers(-size // 4, size // 4)), int(rng.integers(-size // 4, size // 4))), axis=(0, 1))
+        out[c] = out[c] * (1 - alpha) + src * alpha
+    elif op == "strokes":
+        out[1] = np.maximum(out[1] * ~r, _strokes(r, rng) * r)
+    elif op == "erase":
+        out[1] = out[1] * (1 - _soft(r, 1.0))
+    else:
+        raise ValueError(f"unknown operator {op!r}")
+    return out
+
+
+def _strokes(r: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """1–3 random polylines through the region's bounding box (PIL rasterises them), values in [0.6, 1]."""
+    ys, xs = np.nonzero(r)
+    canvas = Image.new("F", r.shape[::-1], 0.0)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(1, 4))):
+        n = int(rng.integers(2, 5))
+        pts = [(float(rng.uniform(xs.min(), xs.max() + 1)), float(rng.uniform(ys.min(), ys.max() + 1))) for _ in range(n)]
+        draw.line(pts, fill=float(rng.uniform(0.6, 1.0)), width=int(rng.integers(1, 3)))
+    return np.asarray(canvas, dtype=np.float32)

@@ -1,0 +1,167 @@
+"""Generator training: self-supervised pairs → hinge GAN + L1 + perceptual + fusion sparsity (docs §3).
+
+``train_generator(stack, cfg, ...)`` trains a ``HybridGenerator`` and one ``PatchDiscriminator`` per
+decoder on ``stack`` (N, 5, S, S) = RGB ⊕ depth ⊕ edges in [0, 1]. Per step, for each decoder k:
+
+* D: ``relu(1 − D_k(gt, t_k)) + relu(1 + D_k(A_out, t_k))`` (hinge), t_k the target map of that decoder;
+* G: ``λ_gan·(−D_k(A_out, t_k)) + λ_l1·|A_out − gt| + λ_perc·Σ_l |φ_l(A_out) − φ_l(gt)| + λ_fusion·mean(M)``,
+  φ = the frozen perceptual network's stage outputs (EfficientNet-Lite0 blocks 1/2/4 by default).
+
+Two Adam optimisers (β = (0.5, 0.999)), lr linearly decayed to 0 over the steps ([SH]). Seeded: the global
+RNG (init) inside ``fork_rng`` and one CPU generator for data order and augmentations → same seed, same
+weights. ``history`` holds the loss terms every ``log_every`` steps and the mean fusion value inside /
+outside the warped region — the training-data signal that M localises what changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from generalad.device import autocast
+from generalad.methods.anomalyhybrid.augment import PairConfig, make_pairs
+from generalad.methods.anomalyhybrid.generator import STRUCTURE_CHANNEL, HybridGenerator, PatchDiscriminator
+
+PERCEPTUAL_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
+
+
+class Perceptual(nn.Module):
+    """LPIPS-like distance without learned weights: Σ_l mean_xy ‖φ̂_l(a) − φ̂_l(b)‖², φ̂ = channel-unit-normalised
+    stage outputs of a frozen CNN (inputs in [0, 1], ImageNet-normalised here). Per image: ``distance``."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [F.normalize(f, dim=1) for f in self.backbone((x - self.mean) / self.std).maps]
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(B,) distances; gradients flow into ``a`` only."""
+        fa = self.features(a)
+        with torch.no_grad():
+            fb = self.features(b)
+        return sum(((x - y) ** 2).sum(1).flatten(1).mean(1) for x, y in zip(fa, fb))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.distance(a, b).mean()
+
+
+def perceptual_network(name: str, weights: str | None) -> Perceptual:
+    from generalad.backbones import create_backbone
+
+    return Perceptual(create_backbone(name, weights=weights, layers=list(PERCEPTUAL_LAYERS)))
+
+
+def _split(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch[:, :3], batch[:, 3:]
+
+
+def train_generator(
+    stack: torch.Tensor,
+    *,
+    widths: Sequence[int],
+    decoders: Sequence[str],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    lambdas: dict[str, float],
+    perceptual: Perceptual | None,
+    seed: int = 0,
+    pair_config: PairConfig = PairConfig(),
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    log_every: int = 50,
+    progress: bool = False,
+) -> tuple[HybridGenerator, list[dict[str, Any]]]:
+    """Train on ``stack`` (N, 5, S, S) float in [0, 1]; returns (generator in eval mode, history)."""
+    device = torch.device(device)
+    n = stack.shape[0]
+    batch = min(batch_size, n)
+    history: list[dict[str, Any]] = []
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        gen = HybridGenerator(widths, decoders).to(device)
+        discs = nn.ModuleDict({k: PatchDiscriminator() for k in decoders}).to(device)
+        rng = torch.Generator().manual_seed(seed)
+        opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(discs.parameters(), lr=lr, betas=(0.5, 0.999))
+        decay = lambda s: max(0.0, 1.0 - s / steps)  # noqa: E731 — linear decay to 0 ([SH])
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (opt_g, opt_d)]
+        perceptual = perceptual.to(device) if perceptual is not None else None
+        sums: dict[str, float] = {}
+        start, order, pos = time.perf_counter(), torch.randperm(n, generator=rng), 0
+        bar = tqdm(range(steps), desc="generator", unit="step", disable=None if progress else True)
+        gen.train()
+        for step in bar:
+            if pos + batch > n:
+                order, pos = torch.randperm(n, generator=rng), 0
+            idx, pos = order[pos : pos + batch], pos + batch
+            pairs = make_pairs(stack[idx].float(), rng, pair_config)
+            terms = _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device, precision)
+            for s in scheds:
+                s.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                count = (step % log_every) + 1
+                history.append({"step": step + 1, **{k: round(v / count, 5) for k, v in sums.items()},
+                                "seconds": round(time.perf_counter() - start, 2)})
+                bar.set_postfix(g=f"{history[-1]['g_total']:.3f}", m_in=f"{history[-1]['fusion_in']:.2f}")
+                sums = {}
+        bar.close()
+    gen.eval()
+    return gen, history
+
+
+def _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device, precision) -> dict[str, float]:
+    ref_rgb, ref_struct = _split(pairs["reference"].to(device))
+    gt, tgt_struct = _split(pairs["target"].to(device))
+    changed = pairs["changed"].to(device)
+    with autocast(device, precision):
+        out = gen(ref_rgb, ref_struct, tgt_struct, decoders)
+    # discriminators
+    opt_d.zero_grad(set_to_none=True)
+    d_loss = torch.zeros((), device=device)
+    for k in decoders:
+        t = tgt_struct[:, STRUCTURE_CHANNEL[k] : STRUCTURE_CHANNEL[k] + 1]
+        with autocast(device, precision):
+            real, fake = discs[k](gt, t), discs[k](out[k]["image"].detach(), t)
+        d_loss = d_loss + F.relu(1 - real.float()).mean() + F.relu(1 + fake.float()).mean()
+    d_loss.backward()
+    opt_d.step()
+    # generator
+    opt_g.zero_grad(set_to_none=True)
+    terms = {"gan": 0.0, "l1": 0.0, "perceptual": 0.0, "fusion": 0.0, "fusion_in": 0.0, "fusion_out": 0.0}
+    g_loss = torch.zeros((), device=device)
+    inside = changed.sum().clamp_min(1)
+    outside = (1 - changed).sum().clamp_min(1)
+    for k in decoders:
+        image, fusion = out[k]["image"].float(), out[k]["fusion"].float()
+        t = tgt_struct[:, STRUCTURE_CHANNEL[k] : STRUCTURE_CHANNEL[k] + 1]
+        with autocast(device, precision):
+            adv = -discs[k](image, t).float().mean()
+        l1 = F.l1_loss(image, gt)
+        perc = perceptual(image, gt) if perceptual is not None else torch.zeros((), device=device)
+        sparsity = fusion.mean()
+        g_loss = g_loss + (lambdas["gan"] * adv + lambdas["l1"] * l1 + lambdas["perceptual"] * perc
+                           + lambdas["fusion"] * sparsity)
+        terms["gan"] += float(adv.detach())
+        terms["l1"] += float(l1.detach())
+        terms["perceptual"] += float(perc.detach())
+        terms["fusion"] += float(sparsity.detach())
+        terms["fusion_in"] += float((fusion.detach() * changed).sum() / inside) / len(decoders)
+        terms["fusion_out"] += float((fusion.detach() * (1 - changed)).sum() / outside) / len(decoders)
+    g_loss.backward()
+    opt_g.step()
+    terms["g_total"] = float(g_loss.detach())
+    terms["d_total"] = float(d_loss.detach())
+    return terms
