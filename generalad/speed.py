@@ -27,11 +27,13 @@ def measure_speed(model: AnomalyModel, paths: Sequence[str], *, batch_size: int 
             model.to_original_size(chunk, maps)
     e2e = len(samples) * repeats / (time.perf_counter() - t0)
     n_batches = max(2, (len(samples) + batch_size - 1) // batch_size)
-    bb = backbone_throughput(model.backbone(), model.working_size, batch_size, model.config.precision, n_batches)
+    reference, module = model.speed_reference()
+    bb = backbone_throughput(module, model.working_size, batch_size, model.config.precision, n_batches)
     return {
         "end_to_end_images_per_s": round(e2e, 3),
         "backbone_images_per_s": round(bb, 3),
         "ratio": round(e2e / bb, 3) if bb else None,
+        "reference": reference,  # what "backbone_images_per_s" timed: the bare frozen backbone, or the method's core
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "n_images": len(samples),
         "batch_size": batch_size,

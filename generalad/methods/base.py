@@ -194,6 +194,10 @@ class AnomalyModel:
             self.backbone_ = bb.to(self.device)
         return self.backbone_
 
+    def speed_reference(self) -> tuple[str, torch.nn.Module]:
+        """(name, module) whose bare forward ``generalad speed`` times next to the whole path: the backbone."""
+        return "backbone", self.backbone()
+
     def extract(self, samples: Sequence[Sample], *, progress: bool = False, use_cache: bool = True):
         """Frozen features of ``samples`` (a ``FeatureSet`` of float32 CPU tensors), cached when asked."""
         from generalad.backbones import extract_features

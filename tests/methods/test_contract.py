@@ -26,6 +26,7 @@ TINY = {
     "inreach": {"feature_dim": 64},
     "rd": {"epochs": 1, "train_batch_size": 8},
     "ard": {"epochs": 1, "train_batch_size": 8},
+    "anomalyhybrid": {"backbone": "pixels", "preset": "smoke"},  # its detector reads pixels
 }
 
 

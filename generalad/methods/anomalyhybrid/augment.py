@@ -27,6 +27,7 @@ class PairConfig:
     tps_shift: float = 0.35  # max displacement of an inner control point, in control-grid cells
     scale: tuple[float, float] = (0.8, 1.0)  # resize–translate–pad
     p_global: float = 0.2  # target gets an independent global augmentation (ours, [D])
+    change_threshold: float = 0.05  # |target − reference| above this (any channel) counts as changed
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float, n: int = 1) -> torch.Tensor:
@@ -113,12 +114,19 @@ def global_aug(x: torch.Tensor, gen: torch.Generator, cfg: PairConfig) -> torch.
 
 
 def make_pairs(x: torch.Tensor, gen: torch.Generator, cfg: PairConfig) -> dict[str, torch.Tensor]:
-    """Reference and target stacks (B, 5, S, S) and the warped-region boxes (B, 1, S, S) of one batch."""
+    """Reference and target stacks (B, 5, S, S), the changed pixels and the warp boxes (B, 1, S, S) of one batch."""
     ref = global_aug(x, gen, cfg)
     independent = torch.rand(x.shape[0], generator=gen) < cfg.p_global
     tgt = ref.clone()
     if bool(independent.any()):
         tgt[independent] = global_aug(x[independent], gen, cfg)
     tgt, boxes = local_tps(tgt, gen, cfg)
-    boxes[independent] = 1.0  # a global re-layout changes everything
-    return {"reference": ref, "target": tgt, "changed": boxes}
+    return {"reference": ref, "target": tgt, "changed": changed_pixels(ref, tgt, cfg.change_threshold), "boxes": boxes}
+
+
+def changed_pixels(ref: torch.Tensor, tgt: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, 1, S, S) float: where any channel of the target differs from the reference by more than
+    ``threshold``, grown by one pixel — what the fusion map should mark. A warp box over a flat region
+    changes nothing there, so the box itself is not the target."""
+    diff = (tgt - ref).abs().amax(dim=1, keepdim=True) > threshold
+    return F.max_pool2d(diff.float(), 3, stride=1, padding=1)

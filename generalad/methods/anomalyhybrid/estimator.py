@@ -22,7 +22,8 @@ from generalad.data import Sample
 from generalad.errors import ConfigError, InputError
 from generalad.methods.anomalyhybrid.config import AnomalyHybridConfig
 from generalad.methods.anomalyhybrid.detector import DiscriminativeUNet, focal_loss, pooled_max, score_window
-from generalad.methods.anomalyhybrid.generate import Generated, synthesise
+from generalad.methods.anomalyhybrid.generate import Generated, depth_anomalies, synthesise
+from generalad.methods.anomalyhybrid.manipulate import OPERATORS
 from generalad.methods.anomalyhybrid.generator import HybridGenerator
 from generalad.methods.anomalyhybrid.train_gen import perceptual_network, train_generator
 from generalad.methods.base import AnomalyModel, BaseConfig
@@ -45,6 +46,22 @@ class PixelBackbone(Backbone):
         return Features(maps=[x])
 
 
+class _BareForward(nn.Module):
+    """A module timed like a backbone (``generalad speed``): random (B, 3, S, S) in, whatever out."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def check_image_size(self, size):
+        from generalad.backbones.base import as_hw
+
+        return as_hw(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
 class AnomalyHybrid(AnomalyModel):
     """``AnomalyHybrid().fit(normal_samples)`` — generator + detector, CPU preset by default."""
 
@@ -54,7 +71,8 @@ class AnomalyHybrid(AnomalyModel):
     def __init__(self, config: AnomalyHybridConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)
         self.generator_: HybridGenerator | None = None
-        self.detector_: DiscriminativeUNet | None = None
+        self.detectors_: dict[str, DiscriminativeUNet] = {}  # "rgb" and / or "depth" (docs §4)
+        self.fusion_stats_: dict[str, tuple[float, float]] = {}  # rgbd: (mean, std) of each map on held-out normals
         self.generator_info_: dict[str, Any] = {}
         self.generated_: Generated | None = None  # the training anomalies of the last fit (not saved)
         self.history_: list[dict[str, Any]] = []
@@ -68,8 +86,14 @@ class AnomalyHybrid(AnomalyModel):
             self.backbone_ = PixelBackbone().to(self.device)
         return self.backbone_
 
+    def speed_reference(self) -> tuple[str, nn.Module]:
+        """The bare forward of the (first) UNet detector: the pixels "backbone" does no work."""
+        self._check_fitted_state()
+        name = next(iter(self.detectors_))
+        return f"detector UNet ({name}, base {self.hparams.det_base})", _BareForward(self.detectors_[name])
+
     def _is_fitted(self) -> bool:
-        return self.detector_ is not None
+        return bool(self.detectors_)
 
     def _train_precision(self) -> str:
         from generalad.device import resolve_precision
@@ -81,25 +105,53 @@ class AnomalyHybrid(AnomalyModel):
         """(N, 2, S, S) [depth, edges] of ``images`` (N, 3, S, S), from the configured sources."""
         return self.hparams.sources().maps(images, samples)
 
+    def extract(self, samples: Sequence[Sample], *, progress: bool = False, use_cache: bool = True):
+        """Images (N, 3, S, S) in [0, 1]; depth / rgbd detectors also get the sensor depth (N, 1, S, S)."""
+        features = super().extract(samples, progress=progress, use_cache=use_cache)
+        if self.hparams.modality != "rgb":
+            features.maps.append(self.hparams.sources().depth_maps(features.maps[0], samples))
+        return features
+
     def _fit_features(self, features, samples: Sequence[Sample], *, held_out=None) -> None:
         cfg = self.hparams
         images = features.maps[0]
-        stack = torch.cat([images, self.structure(images, samples)], dim=1)
-        self.generator_, self.generator_info_ = self._generator(stack)
-        self.generated_ = synthesise(
-            self.generator_, stack, cfg.n_generated, seed=cfg.seed, operators=cfg.active_operators(),
-            regions=cfg.regions, mask_source=cfg.mask_source, device=self.device,
-        )
-        self.detector_, self.history_ = self._train_detector(images, self.generated_)
+        self.detectors_, self.history_, stats = {}, [], {}
+        if cfg.modality in ("rgb", "rgbd"):
+            stack = torch.cat([images, self.structure(images, samples)], dim=1)
+            self.generator_, self.generator_info_ = self._generator(stack)
+            self.generated_ = synthesise(
+                self.generator_, stack, cfg.n_generated, seed=cfg.seed, operators=cfg.active_operators(),
+                regions=cfg.regions, mask_source=cfg.mask_source, device=self.device,
+            )
+            self.detectors_["rgb"], history = self._train_detector(images, self.generated_.images, self.generated_.masks)
+            self.history_ += [{**h, "detector": "rgb"} for h in history]
+            stats["generated"] = self.generated_.stats
+        if cfg.modality in ("depth", "rgbd"):
+            depth = features.maps[1]
+            edited = depth_anomalies(images, depth, cfg.n_generated, seed=cfg.seed, regions=cfg.regions,
+                                     operators=[op for op in cfg.active_operators() if OPERATORS[op] == "depth"])
+            self.detectors_["depth"], history = self._train_detector(_rgb(depth), _rgb(edited.images), edited.masks)
+            self.history_ += [{**h, "detector": "depth"} for h in history]
+            stats["generated_depth"] = edited.stats
+        if cfg.modality == "rgbd":
+            self.fusion_stats_ = self._fusion_stats(held_out if held_out is not None else features)
         self.method_stats_ = {
-            "generator": {k: v for k, v in self.generator_info_.items() if k != "history"},
-            "generated": self.generated_.stats,
-            "detector_epochs": len(self.history_),
-            "detector_final_loss": self.history_[-1]["loss"],
-            "detector_parameters": sum(p.numel() for p in self.detector_.parameters()),
+            **({"generator": {k: v for k, v in self.generator_info_.items() if k != "history"}} if self.generator_info_ else {}),
+            **stats,
+            "detectors": sorted(self.detectors_),
+            "detector_final_loss": {d: [h for h in self.history_ if h["detector"] == d][-1]["loss"] for d in self.detectors_},
+            "detector_parameters": sum(p.numel() for p in next(iter(self.detectors_.values())).parameters()),
             "detector_seconds": round(sum(h["seconds"] for h in self.history_), 1),
+            **({"rgbd_statistics": self.fusion_stats_} if self.fusion_stats_ else {}),
             "train_precision": self._train_precision(),
         }
+
+    def _fusion_stats(self, normal_features) -> dict[str, tuple[float, float]]:
+        """(mean, std) of each detector's map values on normal images (held-out / validation/good only)."""
+        out = {}
+        for name, prob in self._maps_per_detector(normal_features).items():
+            out[name] = (float(prob.mean()), float(prob.std().clamp_min(1e-6)))
+        return out
 
     def _generator(self, stack: torch.Tensor) -> tuple[HybridGenerator, dict[str, Any]]:
         cfg = self.hparams
@@ -114,7 +166,7 @@ class AnomalyHybrid(AnomalyModel):
         gen, history = train_generator(
             stack, widths=cfg.gen_widths, decoders=decoders, steps=steps, batch_size=cfg.gen_batch, lr=cfg.gen_lr,
             lambdas={"gan": cfg.lambda_gan, "l1": cfg.lambda_l1, "perceptual": cfg.lambda_perceptual,
-                     "fusion": cfg.lambda_fusion},
+                     "mask": cfg.lambda_mask, "fusion": cfg.lambda_fusion},
             perceptual=perceptual, seed=cfg.seed, device=self.device, precision=self._train_precision(),
             progress=self._progress,
         )
@@ -124,11 +176,11 @@ class AnomalyHybrid(AnomalyModel):
                 "structure": cfg.sources().describe(), "history": history}
         return gen, info
 
-    def _train_detector(self, normals: torch.Tensor, generated: Generated):
+    def _train_detector(self, normals: torch.Tensor, gen_images: torch.Tensor, gen_masks: torch.Tensor):
         """Half normal (empty mask) / half generated anomalies per sample, focal loss ([AD], docs §4)."""
         cfg = self.hparams
         device, precision = self.device, self._train_precision()
-        gen_images, gen_masks = generated.images, generated.masks[:, None].float()
+        gen_masks = gen_masks[:, None].float()
         draw = torch.Generator().manual_seed(cfg.seed)
         from generalad.device import autocast
 
@@ -152,18 +204,26 @@ class AnomalyHybrid(AnomalyModel):
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
-    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, detector: DiscriminativeUNet, images: torch.Tensor) -> torch.Tensor:
         from generalad.device import autocast
 
         out = []
         for i in range(0, images.shape[0], self.config.batch_size):
             with autocast(self.device, self._train_precision()):
-                logits = self.detector_(images[i : i + self.config.batch_size].to(self.device))
+                logits = detector(images[i : i + self.config.batch_size].to(self.device))
             out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
         return torch.cat(out) if out else torch.zeros(0, self.working_size, self.working_size)
 
+    def _maps_per_detector(self, features) -> dict[str, torch.Tensor]:
+        inputs = {"rgb": features.maps[0], "depth": _rgb(features.maps[-1]) if "depth" in self.detectors_ else None}
+        return {name: self._probabilities(det, inputs[name]) for name, det in self.detectors_.items()}
+
     def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
-        prob = self._probabilities(features.maps[0])
+        maps = self._maps_per_detector(features)
+        if len(maps) == 1:
+            prob = next(iter(maps.values()))
+        else:  # RGBD: average of the maps standardised with normal-image statistics (docs §4)
+            prob = sum((maps[k] - m) / s for k, (m, s) in self.fusion_stats_.items()) / len(maps)
         return self._pooled(prob), prob
 
     def _pooled(self, maps: torch.Tensor) -> np.ndarray:
@@ -197,23 +257,35 @@ class AnomalyHybrid(AnomalyModel):
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, torch.Tensor]:
-        state = {f"detector.{k}": v for k, v in self.detector_.state_dict().items()}
-        state.update({f"generator.{k}": v for k, v in self.generator_.state_dict().items()})
+        state = {f"detector_{d}.{k}": v for d, det in self.detectors_.items() for k, v in det.state_dict().items()}
+        if self.generator_ is not None:
+            state.update({f"generator.{k}": v for k, v in self.generator_.state_dict().items()})
         return state
 
     def _load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         cfg = self.hparams
-        detector = DiscriminativeUNet(cfg.det_base)
-        detector.load_state_dict(_prefixed(tensors, "detector."))
-        self.detector_ = detector.to(self.device).eval()
-        self.generator_ = _generator_from(tensors, self.generator_info_).to(self.device).eval()
+        self.detectors_ = {}
+        for name in ("rgb", "depth"):
+            part = _prefixed(tensors, f"detector_{name}.")
+            if part:
+                detector = DiscriminativeUNet(cfg.det_base)
+                detector.load_state_dict(part)
+                self.detectors_[name] = detector.to(self.device).eval()
+        if any(k.startswith("generator.") for k in tensors):
+            self.generator_ = _generator_from(tensors, self.generator_info_).to(self.device).eval()
 
     def _extra_meta(self) -> dict[str, Any]:
-        return {"generator_info": self.generator_info_, "history": self.history_}
+        return {"generator_info": self.generator_info_, "history": self.history_, "rgbd_statistics": self.fusion_stats_}
 
     def _load_extra_meta(self, meta: dict[str, Any]) -> None:
         self.generator_info_ = meta.get("generator_info", {})
         self.history_ = meta.get("history", [])
+        self.fusion_stats_ = {k: tuple(v) for k, v in meta.get("rgbd_statistics", {}).items()}
+
+
+def _rgb(depth: torch.Tensor) -> torch.Tensor:
+    """(N, 1, S, S) depth → (N, 3, S, S): the UNet's three input channels."""
+    return depth.expand(-1, 3, -1, -1)
 
 
 def _perceptual_name(perceptual, cfg: AnomalyHybridConfig) -> str:
@@ -270,6 +342,8 @@ def generate_from_run(run: str | Path, samples: Sequence[Sample], n: int, out: s
     model = load_model(run, device=device)
     if not isinstance(model, AnomalyHybrid):
         raise InputError(f"{run} is a {model.name!r} run; generation needs an anomalyhybrid run")
+    if model.generator_ is None:
+        raise InputError(f"{run} holds no generator (modality {model.hparams.modality!r} trains on edited depth maps only)")
     cfg = model.hparams
     images = model.extract(samples, progress=progress).maps[0]
     stack = torch.cat([images, model.structure(images, samples)], dim=1)
@@ -283,3 +357,20 @@ def generate_from_run(run: str | Path, samples: Sequence[Sample], n: int, out: s
     write_folder(out, generated, record)
     return {"out": str(out), "n": len(generated), **{k: record[k] for k in ("diversity_lpips_like",)},
             **{k: generated.stats[k] for k in ("drawn", "rejected", "mask_fraction_mean")}}
+
+
+def generated_validation(run: str | Path, normals: Sequence[Sample], out_dir: str | Path, *, n: int | None = None,
+                         seed: int = 0) -> list[Sample]:
+    """A labelled validation set from normal images only (docs/methods/anomalyhybrid.md §8): ``normals``
+    (label 0) plus ``n`` (default 2 per normal, at least 20) anomalies generated from them with the generator of
+    ``run`` (label 1, with masks), written under ``out_dir``. No test image is read."""
+    from generalad.data import read_mvtec
+
+    normals = list(normals)
+    if not normals:
+        raise InputError("generated validation needs held-out normal images (calibration_fraction > 0)")
+    folder = Path(out_dir) / "generated"
+    generate_from_run(run, normals, n or max(20, 2 * len(normals)), folder, seed=seed)
+    (folder / "train" / "good").mkdir(parents=True, exist_ok=True)  # the MVTec reader wants a train folder
+    anomalies = [s for s in read_mvtec(folder, name="generated").test if s.label == 1]
+    return [*normals, *anomalies]

@@ -7,7 +7,7 @@ Shapes (S = working size, divisible by 2**len(widths)):
 * ``StructureDecoder`` (AHD for depth, AHE for edges): bottleneck + skips, with the target structure map
   injected at **every** scale by spatially-adaptive normalisation (SPADE: instance-normalise, then per-pixel
   γ, β predicted from the map resized to that scale) and concatenated at the output scale with the
-  reference image and the reference's own map of that kind; heads ``A_gen`` (3, tanh mapped to [0, 1]) and
+  reference image, the reference's own map of that kind and their absolute difference; heads ``A_gen`` (3, tanh mapped to [0, 1]) and
   ``M`` (1, sigmoid). Output ``A_out = C_in·(1 − M) + A_gen·M`` — pixel-exact ``C_in`` where M = 0.
 * ``HybridGenerator``: one encoder, decoders {"depth": AHD, "edges": AHE} (AHD absent when depth is off).
 * ``PatchDiscriminator``: 3 stride-2 conv layers + 1 stride-1 + 1-channel logits over (image ⊕ structure
@@ -98,8 +98,8 @@ class StructureDecoder(nn.Module):
             blocks.append(_UpBlock(cin, skip, cout))
             cin = cout
         self.blocks = nn.ModuleList(blocks)
-        # output scale: decoder features ⊕ reference RGB ⊕ reference map ⊕ target map
-        self.fuse = nn.Sequential(nn.Conv2d(cin + 5, cin, 3, padding=1), nn.LeakyReLU(0.2))
+        # output scale: decoder features ⊕ reference RGB ⊕ reference map ⊕ target map ⊕ |target − reference|
+        self.fuse = nn.Sequential(nn.Conv2d(cin + 6, cin, 3, padding=1), nn.LeakyReLU(0.2))
         self.to_image = nn.Conv2d(cin, 3, 3, padding=1)
         self.to_fusion = nn.Conv2d(cin, 1, 3, padding=1)
 
@@ -109,7 +109,8 @@ class StructureDecoder(nn.Module):
         inner = skips[:-1][::-1] + [None]
         for block, skip in zip(self.blocks, inner):
             x = block(x, skip, target_map)
-        x = self.fuse(torch.cat([x, reference, ref_map, target_map], dim=1))
+        # |target − reference| is given explicitly: where the structures differ is what M has to find (ours, docs §3)
+        x = self.fuse(torch.cat([x, reference, ref_map, target_map, (target_map - ref_map).abs()], dim=1))
         generated = (torch.tanh(self.to_image(x)) + 1) / 2
         fusion = torch.sigmoid(self.to_fusion(x))
         return {"image": compose(reference, generated, fusion), "generated": generated, "fusion": fusion}

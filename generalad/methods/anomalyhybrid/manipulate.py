@@ -25,25 +25,42 @@ OPERATORS = {"bump": "depth", "dent": "depth", "depth_patch": "depth",
 REGIONS = ("ellipse", "perlin")
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
+    """(threshold, effectiveness η = between-class / total variance); η → 1 for a clean two-level image."""
     hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
     p = hist / max(hist.sum(), 1)
+    centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(p)
-    mu = np.cumsum(p * (edges[:-1] + edges[1:]) / 2)
+    mu = np.cumsum(p * centres)
     between = (mu[-1] * w0 - mu) ** 2 / np.clip(w0 * (1 - w0), 1e-12, None)
-    return float(edges[1:][np.argmax(between)])
+    total = float((p * (centres - mu[-1]) ** 2).sum())
+    k = int(np.argmax(between))
+    return float(edges[1:][k]), float(between[k] / total) if total > 0 else 0.0
 
 
-def foreground(rgb: np.ndarray, min_fraction: float = 0.1, max_fraction: float = 0.9) -> np.ndarray:
-    """Bool (S, S) object mask of an (S, S, 3) image; the whole image when no clear object/background split."""
+def foreground(rgb: np.ndarray, min_fraction: float = 0.1, max_fraction: float = 0.9,
+               min_effectiveness: float = 0.8) -> np.ndarray:
+    """Bool (S, S) object mask of an (S, S, 3) image: Otsu on blurred luminance, the class touching the border
+    less, its largest connected component with holes filled. The whole image when there is no clear object —
+    a weak two-level split (η < ``min_effectiveness``, e.g. a texture), a fragmented one (the largest component
+    under half the class), or an object covering under ``min_fraction`` / over ``max_fraction`` of the image."""
+    everywhere = np.ones(rgb.shape[:2], dtype=bool)
     grey = ndimage.gaussian_filter(rgb.mean(axis=2), sigma=max(1.0, rgb.shape[0] / 64))
-    bright = grey > otsu_threshold(grey)
+    threshold, effectiveness = otsu_threshold(grey)
+    if effectiveness < min_effectiveness:
+        return everywhere
+    bright = grey > threshold
     border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
-    obj = ~bright if border.mean() > 0.5 else bright
-    obj = ndimage.binary_fill_holes(ndimage.binary_opening(obj, iterations=2))
-    if not (min_fraction <= obj.mean() <= max_fraction):
-        return np.ones_like(obj, dtype=bool)
-    return obj
+    obj = ndimage.binary_opening(~bright if border.mean() > 0.5 else bright, iterations=2)
+    labels, n = ndimage.label(obj)
+    if n == 0:
+        return everywhere
+    sizes = ndimage.sum(obj, labels, index=np.arange(1, n + 1))
+    largest = labels == (1 + int(np.argmax(sizes)))
+    if sizes.max() < 0.5 * obj.sum():
+        return everywhere
+    largest = ndimage.binary_fill_holes(largest)
+    return largest if min_fraction <= largest.mean() <= max_fraction else everywhere
 
 
 def _centre(rng: np.random.Generator, where: np.ndarray) -> tuple[int, int]:

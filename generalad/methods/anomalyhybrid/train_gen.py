@@ -4,8 +4,10 @@
 decoder on ``stack`` (N, 5, S, S) = RGB ⊕ depth ⊕ edges in [0, 1]. Per step, for each decoder k:
 
 * D: ``relu(1 − D_k(gt, t_k)) + relu(1 + D_k(A_out, t_k))`` (hinge), t_k the target map of that decoder;
-* G: ``λ_gan·(−D_k(A_out, t_k)) + λ_l1·|A_out − gt| + λ_perc·Σ_l |φ_l(A_out) − φ_l(gt)| + λ_fusion·mean(M)``,
-  φ = the frozen perceptual network's stage outputs (EfficientNet-Lite0 blocks 1/2/4 by default).
+* G: ``λ_gan·(−D_k(A_out, t_k)) + λ_l1·(|A_out − gt| + |A_gen − gt|) + λ_perc·P(A_out, gt)
+  + λ_mask·BCE(M, changed) + λ_fusion·mean(M)``; P = the LPIPS-like distance on the frozen perceptual
+  network (EfficientNet-Lite0 blocks 1/2/4 by default). The ``|A_gen − gt|`` and ``BCE(M, changed)`` terms
+  are ours (docs §3): without them M collapsed to 0 on the CPU budget (A_gen gets no gradient where M = 0).
 
 Two Adam optimisers (β = (0.5, 0.999)), lr linearly decayed to 0 over the steps ([SH]). Seeded: the global
 RNG (init) inside ``fork_rng`` and one CPU generator for data order and augmentations → same seed, same
@@ -59,6 +61,14 @@ def perceptual_network(name: str, weights: str | None) -> Perceptual:
     from generalad.backbones import create_backbone
 
     return Perceptual(create_backbone(name, weights=weights, layers=list(PERCEPTUAL_LAYERS)))
+
+
+def _balanced_bce(fusion: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    """BCE(M, changed) with the changed pixels weighted (1 − f) / f (f = their fraction in the batch, weight ≤ 20):
+    changes cover a few % of a pair, and an unweighted loss is minimised by M ≈ 0 everywhere."""
+    f = changed.mean().clamp(1e-3, 1 - 1e-3)
+    weight = 1 + changed * ((1 - f) / f).clamp(max=20.0) - changed
+    return F.binary_cross_entropy(fusion.clamp(1e-6, 1 - 1e-6), changed, weight=weight)
 
 
 def _split(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,22 +150,26 @@ def _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device
     opt_d.step()
     # generator
     opt_g.zero_grad(set_to_none=True)
-    terms = {"gan": 0.0, "l1": 0.0, "perceptual": 0.0, "fusion": 0.0, "fusion_in": 0.0, "fusion_out": 0.0}
+    terms = {"gan": 0.0, "l1": 0.0, "l1_generated": 0.0, "perceptual": 0.0, "mask_bce": 0.0, "fusion": 0.0,
+             "fusion_in": 0.0, "fusion_out": 0.0}
     g_loss = torch.zeros((), device=device)
     inside = changed.sum().clamp_min(1)
     outside = (1 - changed).sum().clamp_min(1)
     for k in decoders:
-        image, fusion = out[k]["image"].float(), out[k]["fusion"].float()
+        image, fusion, generated = out[k]["image"].float(), out[k]["fusion"].float(), out[k]["generated"].float()
         t = tgt_struct[:, STRUCTURE_CHANNEL[k] : STRUCTURE_CHANNEL[k] + 1]
         with autocast(device, precision):
             adv = -discs[k](image, t).float().mean()
-        l1 = F.l1_loss(image, gt)
+        l1, l1_gen = F.l1_loss(image, gt), F.l1_loss(generated, gt)
         perc = perceptual(image, gt) if perceptual is not None else torch.zeros((), device=device)
+        bce = _balanced_bce(fusion, changed)
         sparsity = fusion.mean()
-        g_loss = g_loss + (lambdas["gan"] * adv + lambdas["l1"] * l1 + lambdas["perceptual"] * perc
-                           + lambdas["fusion"] * sparsity)
+        g_loss = g_loss + (lambdas["gan"] * adv + lambdas["l1"] * (l1 + l1_gen) + lambdas["perceptual"] * perc
+                           + lambdas.get("mask", 0.0) * bce + lambdas["fusion"] * sparsity)
         terms["gan"] += float(adv.detach())
         terms["l1"] += float(l1.detach())
+        terms["l1_generated"] += float(l1_gen.detach())
+        terms["mask_bce"] += float(bce.detach())
         terms["perceptual"] += float(perc.detach())
         terms["fusion"] += float(sparsity.detach())
         terms["fusion_in"] += float((fusion.detach() * changed).sum() / inside) / len(decoders)

@@ -17,7 +17,10 @@ from generalad.methods.rd.attention import ATTENTIONS
 from generalad.methods.rd.modules import PLACEMENTS, StudentSpec
 
 LOSSES = ("flattened", "per_position")
-SELECTIONS = ("last",)  # test-set selection is only the parity flag --select-on-test
+#: "last" epoch, or "generated": the epoch with the best mean image + pixel AUROC on held-out normals plus
+#: anomalies generated from them by an anomalyhybrid run (``validation_generator``; docs/methods/ard.md §6).
+#: Test-set selection is only the parity flag --select-on-test.
+SELECTIONS = ("last", "generated")
 
 #: teacher layers (strides 4, 8, 16) and the student that mirrors it (docs/methods/ard.md §2, "Teachers")
 TEACHERS: dict[str, tuple[tuple[str, str, str], dict[str, Any]]] = {
@@ -77,6 +80,7 @@ class RDConfig(BaseConfig):
     reduction: int = 16
     map_sigma: float = 4.0
     selection: str = "last"
+    validation_generator: str | None = None  # selection="generated": a fitted anomalyhybrid run
     train_precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -90,7 +94,10 @@ class RDConfig(BaseConfig):
             (self.attention in ATTENTIONS, f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"),
             (self.attn_at in PLACEMENTS, f"attn_at must be one of {', '.join(PLACEMENTS)}, got {self.attn_at!r}"),
             (self.selection in SELECTIONS,
-             f"selection must be 'last', got {self.selection!r} (test-set selection is the parity flag --select-on-test)"),
+             f"selection must be 'last' or 'generated', got {self.selection!r} "
+             "(test-set selection is the parity flag --select-on-test)"),
+            (self.selection != "generated" or bool(self.validation_generator),
+             "selection='generated' needs validation_generator=<a fitted anomalyhybrid run>"),
             (self.train_precision in PRECISION_CHOICES,
              f"train_precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.train_precision!r}"),
             (self.reduction >= 1, "reduction must be >= 1"),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from generalad.data import Sample, read_mask
+from generalad.errors import ConfigError
 from generalad.methods.base import AnomalyModel, BaseConfig
 from generalad.methods.rd import core
 from generalad.methods.rd.config import TEACHERS, ARDConfig, RDConfig, student_spec
@@ -39,6 +40,7 @@ class ReverseDistillation(AnomalyModel):
         self.selection_: str = "last epoch"
         self._test_for_selection: list[Sample] | None = None
         self._monitor: list[Sample] | None = None
+        self._held_samples: list[Sample] = []
 
     @property
     def working_size(self) -> int:
@@ -63,6 +65,8 @@ class ReverseDistillation(AnomalyModel):
         ``monitor``: labelled samples (e.g. synthetic defects on held-out training normals) evaluated every
         10 epochs into ``history_`` — a validation curve; it never changes which weights are kept.
         """
+        if select_on_test and self.config.selection == "generated":
+            raise ConfigError(f"{self.name}: --select-on-test and selection='generated' both pick the epoch; choose one")
         self._test_for_selection = list(select_on_test) if select_on_test else None
         self._monitor = list(monitor) if monitor else None
         try:
@@ -70,11 +74,29 @@ class ReverseDistillation(AnomalyModel):
         finally:
             self._test_for_selection = self._monitor = None
 
+    def _extract_held(self, held: Sequence[Sample], progress: bool):
+        self._held_samples = list(held)  # selection="generated" builds its validation set from these
+        return super()._extract_held(held, progress)
+
+    def _generated_validation(self) -> list[Sample] | None:
+        """Held-out normals + anomalies generated from them (selection="generated"), or None."""
+        if self.config.selection != "generated":
+            return None
+        import tempfile
+
+        from generalad.methods.anomalyhybrid.estimator import generated_validation
+
+        self._generated_dir = tempfile.TemporaryDirectory(prefix="generalad-val-")
+        return generated_validation(self.config.validation_generator, self._held_samples, self._generated_dir.name,
+                                    seed=self.config.seed)
+
     def _fit_features(self, features, samples: Sequence[Sample], *, held_out=None) -> None:
         cfg = self.hparams
         spec = student_spec(self.config.backbone, tuple(m.shape[1] for m in features.maps))
         precision = self._train_precision()
+        generated = self._generated_validation()
         callbacks = [c for c in (self._evaluator(self._monitor, "monitor", select=False),
+                                 self._evaluator(generated, "generated", select=True),
                                  self._evaluator(self._test_for_selection, "test", select=True)) if c]
         best: dict[str, Any] = {"auroc": -1.0, "epoch": -1, "state": None}
         checks: dict[int, dict[str, Any]] = {}  # epoch → {"monitor": ..., "test": ...}, merged into the history
@@ -86,8 +108,10 @@ class ReverseDistillation(AnomalyModel):
             for evaluate, key, select in callbacks:
                 result = evaluate(student)
                 checks.setdefault(epoch, {})[key] = result
-                if select and result["image_auroc"] > best["auroc"]:  # ties → earliest
-                    best.update(auroc=result["image_auroc"], epoch=epoch, state=copy.deepcopy(student.state_dict()))
+                value = _selection_value(key, result)
+                if select and value > best["auroc"]:  # ties → earliest
+                    best.update(auroc=value, epoch=epoch, state=copy.deepcopy(student.state_dict()), key=key,
+                                result=result)
 
         self.student_, self.history_ = core.train_student(
             features.maps, spec, cfg, device=self.device, precision=precision,
@@ -95,7 +119,9 @@ class ReverseDistillation(AnomalyModel):
         )
         for epoch, extra in checks.items():
             self.history_[epoch].update(extra)
-        self.selection_ = self._selection_label(cfg, best)
+        self.selection_ = self._selection_label(cfg, best, len(generated or []))
+        if generated:
+            self._generated_dir.cleanup()
         self.method_stats_ = {
             "epochs_run": len(self.history_),
             "final_loss": self.history_[-1]["loss"],
@@ -124,12 +150,17 @@ class ReverseDistillation(AnomalyModel):
 
         return evaluate, key, select
 
-    def _selection_label(self, cfg: RDConfig, best: dict[str, Any]) -> str:
-        if best["state"] is not None:
-            self.student_.load_state_dict(best["state"])
-            return (f"test (paper parity, oracle_test_every{EVAL_EVERY}): epoch {best['epoch']} of {cfg.epochs}, "
-                    f"test image AUROC {best['auroc']}")
-        return f"last epoch ({cfg.epochs})"
+    def _selection_label(self, cfg: RDConfig, best: dict[str, Any], n_generated: int = 0) -> str:
+        if best["state"] is None:
+            return f"last epoch ({cfg.epochs})"
+        self.student_.load_state_dict(best["state"])
+        if best["key"] == "generated":
+            r = best["result"]
+            return (f"generated validation ({n_generated} held-out normals + generated anomalies, generator "
+                    f"{cfg.validation_generator}; no test data): epoch {best['epoch']} of {cfg.epochs}, "
+                    f"image / pixel AUROC {r['image_auroc']} / {r.get('pixel_auroc')}")
+        return (f"test (paper parity, oracle_test_every{EVAL_EVERY}): epoch {best['epoch']} of {cfg.epochs}, "
+                f"test image AUROC {best['auroc']}")
 
     # ------------------------------------------------------------------ inference
     def _distances(self, student: Student, maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -187,6 +218,14 @@ class ReverseDistillation(AnomalyModel):
     def _load_extra_meta(self, meta: dict[str, Any]) -> None:
         self.selection_ = meta.get("selection", "unknown")
         self.history_ = meta.get("history", [])
+
+
+def _selection_value(key: str, result: dict[str, float]) -> float:
+    """What a selecting check maximises: test image AUROC (parity), or the mean of image and pixel AUROC on the
+    generated validation set (the pixel term rewards localisation, which generated masks make measurable)."""
+    if key == "generated" and "pixel_auroc" in result:
+        return (result["image_auroc"] + result["pixel_auroc"]) / 2
+    return result["image_auroc"]
 
 
 class ARD(ReverseDistillation):

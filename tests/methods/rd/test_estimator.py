@@ -101,3 +101,20 @@ def test_speed_reports_end_to_end_against_the_bare_teacher(surface: Path) -> Non
     out = measure_speed(model, [s.path for s in ds.test], batch_size=4)
     assert out["model"] == "ard" and out["end_to_end_images_per_s"] > 0 and out["backbone_images_per_s"] > 0
     assert 0 < out["ratio"] < 2 and out["image_size"] == 64
+
+
+def test_selection_on_generated_anomalies_uses_held_out_normals_only(surface: Path, tmp_path: Path) -> None:
+    """selection="generated": held-out training normals + anomalies an anomalyhybrid run generates from them."""
+    from generalad.methods.anomalyhybrid import AnomalyHybrid
+
+    ds = open_dataset(surface)
+    gen_run = AnomalyHybrid(preset="smoke", device="cpu").fit(ds.train).save(tmp_path / "gen")
+    model = ARD(**TINY, epochs=10, selection="generated", validation_generator=str(gen_run)).fit(ds.train)
+    assert model.selection_.startswith("generated validation (") and "no test data" in model.selection_
+    checks = [h for h in model.history_ if "generated" in h]
+    assert [h["epoch"] for h in checks] == [9] and set(checks[0]["generated"]) == {"image_auroc", "pixel_auroc"}
+    assert not any(p in " ".join(model.train_files_) for p in ("/test/",))
+    with pytest.raises(ConfigError, match="validation_generator"):
+        ARD(selection="generated")
+    with pytest.raises(ConfigError, match="choose one"):
+        ARD(**TINY, epochs=1, selection="generated", validation_generator=str(gen_run)).fit(ds.train, select_on_test=ds.test)
