@@ -26,7 +26,8 @@ Optional ``tables:`` add tables in a paper's layout under the default one (same 
 
 Dataset keys: ``root``, ``name``, ``layout``, ``categories`` / ``normal_classes``, ``split`` (VisA),
 ``data_options`` (open_dataset reader options, e.g. FGVC ``test_classes``, Cats-vs-Dogs ``split_seed``) and
-``options`` (model options for this dataset). Writes ``results.jsonl`` (one line per fit/test), ``table.md`` and
+``options`` (model options for this dataset). ``save_models: true`` keeps each fitted model under
+``runs/<row>/model`` (e.g. to reuse an anomalyhybrid generator). Writes ``results.jsonl`` (one line per fit/test), ``table.md`` and
 ``table.csv`` (per category + mean). MVTec LOCO rows add logical and structural image AUROC columns (each
 group against the good test images), next to the pooled one.
 """
@@ -48,8 +49,8 @@ from generalad.errors import ConfigError, InputError
 from generalad.evaluate import evaluate
 from generalad.io import atomic_write_text
 
-METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_auspro@0.05", "logical_image_auroc",
-           "structural_image_auroc")
+METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_auspro@0.05",
+           "logical_image_auroc", "structural_image_auroc")
 GROUPS = ("logical", "structural")  # evaluate() writes metrics[group] = image metrics for MVTec LOCO
 SHOTS_MODES = ("random", "window")
 TABLE_ROWS = ("model", "unit")
@@ -125,6 +126,8 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path, device: str | N
     fit_s = time.perf_counter() - t0
     label = m.get("label", m["name"])
     run_dir = out / "runs" / (f"{ds_cfg.get('name', ds.name)}_{unit}_{label}_s{seed}" + (f"_k{shots}" if shots else ""))
+    if cfg.get("save_models"):  # keep the fitted model (e.g. an anomalyhybrid generator to reuse)
+        model.save(run_dir / "model")
     eval_size = cfg.get("eval_size", 256)
     metrics = evaluate(
         model, ds.test, out_dir=run_dir, has_masks=ds.has_masks,

@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--weights", help="local weights file for the backbone")
     fit.add_argument("--image-size", type=int)
     for field, (flag, users) in _method_flags().items():
-        fit.add_argument(f"--{field.replace('_', '-')}", type=flag.type, help=f"{', '.join(users)}: {flag.help}")
+        helps = dict.fromkeys(f.help for n in users for f in method_info(n).flags if f.field == field and f.help)
+        fit.add_argument(f"--{field.replace('_', '-')}", type=flag.type, help=f"{', '.join(users)}: {'; '.join(helps)}")
     _add_device_args(fit)
     fit.add_argument("--batch-size", type=int)
     fit.add_argument("--cache-dir", help="frozen-feature cache folder")

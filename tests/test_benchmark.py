@@ -19,7 +19,7 @@ from generalad.data.classfolder import resolve_normal_classes
 from generalad.data.idx import FMNIST_CLASSES
 from generalad.demo import make_synthetic_category
 from generalad.errors import ConfigError
-from generalad.methods import get_method
+from generalad.methods import get_method, load_model
 from generalad.methods.generalad.core import PRESETS
 from tests.data.test_cats_vs_dogs import make_pet_images
 
@@ -31,9 +31,12 @@ def test_benchmark_table_with_two_categories(tmp_path, capsys):
         "out": str(tmp_path / "bench"),
         "models": [{"name": "patchcore", "label": "PC", "options": {"backbone": "efficientnet_lite0", "image_size": 96}}],
         "datasets": [{"name": "synth", "root": str(tmp_path / "data"), "categories": ["alpha", "beta"]}],
+        "save_models": True,
     }
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["benchmark", str(tmp_path / "b.yaml"), "--quiet"]) == 0
+    kept = tmp_path / "bench" / "runs" / "synth_alpha_PC_s0" / "model"
+    assert load_model(kept).name == "patchcore"  # save_models keeps every fitted model
     rows = [json.loads(x) for x in (tmp_path / "bench" / "results.jsonl").read_text().splitlines()]
     assert [r["unit"] for r in rows] == ["alpha", "beta"]
     assert all(0.0 <= r["image_auroc"] <= 1.0 and r["backbone"] == "efficientnet_lite0" for r in rows)

@@ -63,7 +63,7 @@ def read_test_split(root: Path, category: str, masks_for: MaskFinder | None) -> 
     return samples
 
 
-def _mvtec_masks(root: Path) -> MaskFinder:
+def mvtec_masks(root: Path) -> MaskFinder:
     """One mask per anomalous image. Without any ground_truth folder the dataset is image-level only; with
     one, every anomalous image must have its mask (a missing one is a broken download, not "no defect")."""
     indexes: dict[str, dict[str, Path]] = {}
@@ -88,7 +88,7 @@ def read_mvtec(root: str | Path, *, name: str = "mvtec") -> Dataset:
         category=category,
         root=str(root),
         train=_normal_samples(root / "train" / NORMAL, category, "train"),
-        test=sort_samples(read_test_split(root, category, _mvtec_masks(root) if has_masks else None)),  # one path order
+        test=sort_samples(read_test_split(root, category, mvtec_masks(root) if has_masks else None)),  # one path order
         validation=_normal_samples(validation_dir, category, "validation") if validation_dir.is_dir() else [],
         has_masks=has_masks,
     )

@@ -91,7 +91,7 @@ register_method(MethodInfo(
 register_method(MethodInfo(
     "generalad", "generalad.methods.generalad:GeneralAD",
     "GeneralAD (ECCV 2024): feature distortions + cross-patch attention discriminator",
-    flags=(Flag("preset", str, "industrial | logical | semantic | near_distribution"),
+    flags=(Flag("preset", str, "generalad: industrial | logical | semantic | near_distribution"),
            Flag("epochs", int, "training epochs (default: the preset's)")),
     demo={"image_size": 160}, doc="docs/methods/generalad.md",
 ))
@@ -103,9 +103,9 @@ register_method(MethodInfo(
 _RD_FLAGS = (
     Flag("preset", str, "rd/ard: cpu | paper | cpu_novelty | paper_novelty"),
     Flag("epochs", int, "training epochs (default: the preset's)"),
-    Flag("attn_at", str, "rd/ard: attention placement none | oce | mff | both"),
-    Flag("attention", str, "rd/ard: attention block cbam | se | eca"),
-    Flag("loss", str, "rd/ard: flattened (official code) | per_position (paper)"),
+    Flag("attn_at", str, "attention placement none | oce | mff | both"),
+    Flag("attention", str, "attention block cbam | se | eca"),
+    Flag("loss", str, "flattened (official code) | per_position (paper)"),
 )
 register_method(MethodInfo(
     "rd", "generalad.methods.rd:ReverseDistillation",
@@ -121,9 +121,9 @@ register_method(MethodInfo(
     "anomalyhybrid", "generalad.methods.anomalyhybrid:AnomalyHybrid",
     "AnomalyHybrid (CVPR-W 2025): depth/edge-conditioned anomaly generator + DRAEM-style UNet detector",
     flags=(Flag("preset", str, "anomalyhybrid: cpu | paper | smoke"),
-           Flag("generator", str, "anomalyhybrid: reuse the generator of this fitted anomalyhybrid run"),
-           Flag("depth", str, "anomalyhybrid: pseudo | sensor | none | onnx:<file>"),
-           Flag("edges", str, "anomalyhybrid: sobel_nms | onnx:<file>")),
+           Flag("generator", str, "reuse the generator of this fitted anomalyhybrid run"),
+           Flag("depth", str, "pseudo | sensor | none | onnx:<file>"),
+           Flag("edges", str, "sobel_nms | onnx:<file>")),
     doc="docs/methods/anomalyhybrid.md",
 ))
 

@@ -9,6 +9,8 @@ feature cache and calibration are the shared ones. The generator and the detecto
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -160,8 +162,6 @@ class AnomalyHybrid(AnomalyModel):
         decoders = ("depth", "edges") if cfg.sources().uses_depth else ("edges",)
         steps = cfg.gen_steps or max(1, cfg.gen_epochs * (stack.shape[0] // min(cfg.gen_batch, stack.shape[0])))
         perceptual = perceptual_network(cfg.perceptual, cfg.perceptual_weights)
-        import time
-
         t0 = time.perf_counter()
         gen, history = train_generator(
             stack, widths=cfg.gen_widths, decoders=decoders, steps=steps, batch_size=cfg.gen_batch, lr=cfg.gen_lr,
@@ -364,13 +364,12 @@ def generated_validation(run: str | Path, normals: Sequence[Sample], out_dir: st
     """A labelled validation set from normal images only (docs/methods/anomalyhybrid.md §8): ``normals``
     (label 0) plus ``n`` (default 2 per normal, at least 20) anomalies generated from them with the generator of
     ``run`` (label 1, with masks), written under ``out_dir``. No test image is read."""
-    from generalad.data import read_mvtec
+    from generalad.data.mvtec import mvtec_masks, read_test_split
 
     normals = list(normals)
     if not normals:
         raise InputError("generated validation needs held-out normal images (calibration_fraction > 0)")
     folder = Path(out_dir) / "generated"
     generate_from_run(run, normals, n or max(20, 2 * len(normals)), folder, seed=seed)
-    (folder / "train" / "good").mkdir(parents=True, exist_ok=True)  # the MVTec reader wants a train folder
-    anomalies = [s for s in read_mvtec(folder, name="generated").test if s.label == 1]
-    return [*normals, *anomalies]
+    anomalies = read_test_split(folder, "generated", mvtec_masks(folder))  # test/<kind>/ + ground_truth/<kind>/
+    return [*normals, *[dataclasses.replace(s, split="validation") for s in anomalies]]
