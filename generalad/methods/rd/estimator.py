@@ -119,7 +119,7 @@ class ReverseDistillation(AnomalyModel):
         )
         for epoch, extra in checks.items():
             self.history_[epoch].update(extra)
-        self.selection_ = self._selection_label(cfg, best, len(generated or []))
+        self.selection_ = self._selection_label(cfg, best, generated or [])
         if generated:
             self._generated_dir.cleanup()
         self.method_stats_ = {
@@ -150,13 +150,15 @@ class ReverseDistillation(AnomalyModel):
 
         return evaluate, key, select
 
-    def _selection_label(self, cfg: RDConfig, best: dict[str, Any], n_generated: int = 0) -> str:
+    def _selection_label(self, cfg: RDConfig, best: dict[str, Any], generated: Sequence[Sample] = ()) -> str:
         if best["state"] is None:
             return f"last epoch ({cfg.epochs})"
         self.student_.load_state_dict(best["state"])
         if best["key"] == "generated":
             r = best["result"]
-            return (f"generated validation ({n_generated} held-out normals + generated anomalies, generator "
+            n_anomalous = sum(s.label for s in generated)
+            return (f"generated validation ({len(generated) - n_anomalous} held-out normals + {n_anomalous} generated "
+                    f"anomalies, generator "
                     f"{cfg.validation_generator}; no test data): epoch {best['epoch']} of {cfg.epochs}, "
                     f"image / pixel AUROC {r['image_auroc']} / {r.get('pixel_auroc')}")
         return (f"test (paper parity, oracle_test_every{EVAL_EVERY}): epoch {best['epoch']} of {cfg.epochs}, "
