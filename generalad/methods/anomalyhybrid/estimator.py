@@ -103,9 +103,9 @@ class AnomalyHybrid(AnomalyModel):
         return resolve_precision(self.config.train_precision, self.device)
 
     # ------------------------------------------------------------------ fit
-    def structure(self, images: torch.Tensor, samples: Sequence[Sample]) -> torch.Tensor:
-        """(N, 2, S, S) [depth, edges] of ``images`` (N, 3, S, S), from the configured sources."""
-        return self.hparams.sources().maps(images, samples)
+    def stack(self, images: torch.Tensor, samples: Sequence[Sample]) -> torch.Tensor:
+        """The generator's input (N, 5, S, S): ``images`` (N, 3, S, S) ⊕ [depth, edges] from the configured sources."""
+        return torch.cat([images, self.hparams.sources().maps(images, samples)], dim=1)
 
     def extract(self, samples: Sequence[Sample], *, progress: bool = False, use_cache: bool = True):
         """Images (N, 3, S, S) in [0, 1]; depth / rgbd detectors also get the sensor depth (N, 1, S, S)."""
@@ -119,7 +119,7 @@ class AnomalyHybrid(AnomalyModel):
         images = features.maps[0]
         self.detectors_, self.history_, stats = {}, [], {}
         if cfg.modality in ("rgb", "rgbd"):
-            stack = torch.cat([images, self.structure(images, samples)], dim=1)
+            stack = self.stack(images, samples)
             self.generator_, self.generator_info_ = self._generator(stack)
             self.generated_ = synthesise(
                 self.generator_, stack, cfg.n_generated, seed=cfg.seed, operators=cfg.active_operators(),
@@ -346,7 +346,7 @@ def generate_from_run(run: str | Path, samples: Sequence[Sample], n: int, out: s
         raise InputError(f"{run} holds no generator (modality {model.hparams.modality!r} trains on edited depth maps only)")
     cfg = model.hparams
     images = model.extract(samples, progress=progress).maps[0]
-    stack = torch.cat([images, model.structure(images, samples)], dim=1)
+    stack = model.stack(images, samples)
     generated = synthesise(model.generator_, stack, n, seed=seed, operators=cfg.active_operators(), regions=cfg.regions,
                            kinds=kinds, mask_source=mask_source or cfg.mask_source, device=model.device)
     perceptual = perceptual_network(cfg.perceptual, cfg.perceptual_weights)
