@@ -21,8 +21,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Iterator, Mapping
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are written: deployed inference (generalad.deploy) runs without it
+    import torch
 
 from generalad.errors import ConfigError, InputError
 
@@ -142,7 +147,8 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.item())
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())
-    if isinstance(obj, torch.Tensor):
+    torch_module = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    if torch_module is not None and isinstance(obj, torch_module.Tensor):
         return to_jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
@@ -224,6 +230,8 @@ class JsonlWriter:
 
 def _cpu_tensors(tensors: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """CPU, contiguous, non-aliasing tensors: safetensors refuses entries that share storage."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, t in tensors.items():

@@ -194,3 +194,37 @@ def locally_aware_patches(
             acc.index_add_(1, plan.rows, y)
         out[s : s + chunk] = acc.flatten(2).transpose(1, 2)
     return out, (h, w)
+
+
+class PatchEmbedding(torch.nn.Module):
+    """:func:`locally_aware_patches` as a module with its plans as buffers, for one fixed list of layer widths.
+
+    Same arithmetic (``_apply_plan``, resize after the channel map, ``index_add`` into the output rows), so an
+    exported graph (``generalad export``, docs/DEPLOY.md) computes what the estimator computes; the plans are
+    built here, outside the traced forward, because building them needs data-dependent shapes.
+    forward: per-layer (B, C_l, h_l, w_l) maps → (B, h·w, out_dim) fp32, grid = the first map's.
+    """
+
+    def __init__(self, channels: list[int], *, out_dim: int = 1024, kernel: int = 3, per_layer_dim: int | None = None,
+                 aggregate: str = "unfold") -> None:
+        super().__init__()
+        per_layer_dim = out_dim if per_layer_dim is None else per_layer_dim
+        self.out_dim, self.kernel = out_dim, kernel
+        for i, c in enumerate(channels):
+            plan = _layer_plan(c, kernel, i, len(channels), per_layer_dim, out_dim, aggregate)
+            self.register_buffer(f"rows{i}", plan.rows.clone())
+            self.register_buffer(f"chan{i}", plan.chan.reshape(-1).clone())
+            self.register_buffer(f"weight{i}", plan.weight.clone())
+        self.n_layers = len(channels)
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        h, w = maps[0].shape[-2:]
+        acc = torch.zeros(maps[0].shape[0], self.out_dim, h, w, dtype=torch.float32, device=maps[0].device)
+        for i, m in enumerate(maps[: self.n_layers]):
+            weight = getattr(self, f"weight{i}")
+            y = F.conv2d(m.float().index_select(1, getattr(self, f"chan{i}")), weight, padding=self.kernel // 2,
+                         groups=weight.shape[0])
+            if y.shape[-2:] != (h, w):
+                y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+            acc = acc.index_add(1, getattr(self, f"rows{i}"), y)
+        return acc.flatten(2).transpose(1, 2)

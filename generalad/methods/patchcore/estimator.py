@@ -121,6 +121,16 @@ class PatchCore(AnomalyModel):
     def _map_sigma(self) -> float:
         return self.config.map_sigma
 
+    def _export_head(self) -> torch.nn.Module:
+        from generalad.methods.patchcore.export import PatchCoreHead
+
+        return PatchCoreHead(self.backbone().channels, self.bank_, out_dim=self.config.feature_dim)
+
+    def _export_score(self) -> torch.nn.Module | None:
+        from generalad.export.graph import MaxOfMap
+
+        return MaxOfMap() if self.config.image_score == "max_map" else None
+
     def _state(self) -> dict[str, torch.Tensor]:
         return {"memory_bank": self.bank_, "grid": torch.tensor(self.grid_, dtype=torch.int64)}
 
