@@ -27,9 +27,10 @@ Optional ``tables:`` add tables in a paper's layout under the default one (same 
 Dataset keys: ``root``, ``name``, ``layout``, ``categories`` / ``normal_classes``, ``split`` (VisA),
 ``data_options`` (open_dataset reader options, e.g. FGVC ``test_classes``, Cats-vs-Dogs ``split_seed``) and
 ``options`` (model options for this dataset). ``save_models: true`` keeps each fitted model under
-``runs/<row>/model`` (e.g. to reuse an anomalyhybrid generator). Writes ``results.jsonl`` (one line per fit/test), ``table.md`` and
-``table.csv`` (per category + mean). MVTec LOCO rows add logical and structural image AUROC columns (each
-group against the good test images), next to the pooled one.
+``runs/<row>/model`` (e.g. to reuse an anomalyhybrid generator); ``bundle_backbone: true`` also writes each
+backbone's weights into it (``backbone.safetensors``, as ``fit --bundle-backbone``). Writes ``results.jsonl``
+(one line per fit/test), ``table.md`` and ``table.csv`` (per category + mean). MVTec LOCO rows add logical and
+structural image AUROC columns (each group against the good test images), next to the pooled one.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path, device: str | N
     label = m.get("label", m["name"])
     run_dir = out / "runs" / (f"{ds_cfg.get('name', ds.name)}_{unit}_{label}_s{seed}" + (f"_k{shots}" if shots else ""))
     if cfg.get("save_models"):  # keep the fitted model (e.g. an anomalyhybrid generator to reuse)
-        model.save(run_dir / "model")
+        model.save(run_dir / "model", bundle_backbone=bool(cfg.get("bundle_backbone")))
     eval_size = cfg.get("eval_size", 256)
     metrics = evaluate(
         model, ds.test, out_dir=run_dir, has_masks=ds.has_masks,

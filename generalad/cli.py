@@ -114,7 +114,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed or 0,
     )
     fit_on(model, run, select_on_test=args.select_on_test, progress=not args.quiet)
-    model.save(args.out)
+    model.save(args.out, bundle_backbone=args.bundle_backbone)
     _print_json({"run": str(args.out), **model.describe(), **model.fit_info_, "threshold": model.threshold_})
     return 0
 
@@ -143,23 +143,48 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _load_for_inference(run: str, args: argparse.Namespace):
+    """A torch model directory or an exported one (deploy.json): both score through the same interface."""
+    from generalad.deploy import Inferencer, is_export_dir
+
+    if is_export_dir(run):
+        if getattr(args, "weights", None):
+            raise ConfigError(f"--weights does not apply to an exported model ({run} holds its whole graph)")
+        return Inferencer(run, batch_size=getattr(args, "batch_size", None) or 8)
     from generalad.methods import load_model
+
+    return load_model(run, weights=args.weights, device=args.device)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
     from generalad.predict import predict_folder
 
-    model = load_model(args.run, weights=args.weights, device=args.device)
+    model = _load_for_inference(args.run, args)
     records = predict_folder(model, _list_images(args.inputs), args.out, save_maps=args.save_maps, progress=not args.quiet)
     n_anom = sum(r.pred_label for r in records)
     _print_json({"n_images": len(records), "n_anomalous": n_anom, "threshold": model.threshold_, "out": str(args.out)})
     return 0
 
 
-def cmd_speed(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
+    from generalad.export import export_model
     from generalad.methods import load_model
-    from generalad.speed import measure_speed
 
-    model = load_model(args.run, weights=args.weights, device=args.device)
-    _print_json(measure_speed(model, _list_images([args.images]), batch_size=args.batch_size, repeats=args.repeats))
+    model = load_model(args.run, weights=args.weights, device="cpu")
+    out = export_model(model, args.out, fmt=args.format, source_run=str(Path(args.run).resolve()))
+    meta = json.loads((out / "deploy.json").read_text())
+    _print_json({"out": str(out), "format": meta["format"], "graph": meta["graph"], "model": meta["model"],
+                 "backbone": meta["backbone"], "image_size": meta["image_size"], "threshold": meta["threshold"],
+                 **{f"check_{k}": v for k, v in meta["export_check"].items()}})
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from generalad.speed import compare_speed
+
+    models = [_load_for_inference(run, args) for run in args.run]
+    _print_json(compare_speed(models, args.run, _list_images([args.images]), batch_size=args.batch_size,
+                              repeats=args.repeats))
     return 0
 
 
@@ -268,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="YAML file of model options")
     fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="any model option, e.g. --set map_sigma=8")
     fit.add_argument("--out", required=True, help="run directory to write (config.json + model.safetensors)")
+    fit.add_argument("--bundle-backbone", action="store_true",
+                     help="also write the backbone weights into the run directory (backbone.safetensors, sha256 "
+                          "checked on load): the directory then loads anywhere without the original weights file")
     fit.set_defaults(func=cmd_fit)
 
     test = sub.add_parser("test", help="evaluate a fitted model on a dataset's test split")
@@ -280,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.set_defaults(func=cmd_test)
 
     pred = sub.add_parser("predict", help="score images and write heat-map overlays")
-    pred.add_argument("--run", required=True)
+    pred.add_argument("--run", required=True, help="a fitted model directory or an export directory (deploy.json)")
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pred.add_argument("--weights")
     pred.add_argument("--save-maps", action="store_true", help="also write raw float32 maps (.npy)")
@@ -288,8 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--out", required=True)
     pred.set_defaults(func=cmd_predict)
 
-    speed = sub.add_parser("speed", help="throughput of the full predict path vs the bare backbone")
-    speed.add_argument("--run", required=True)
+    export = sub.add_parser("export", help="a fitted model -> ONNX / OpenVINO graph + deploy.json (runs without torch)")
+    export.add_argument("--run", required=True, help="a fitted model directory")
+    export.add_argument("--format", default="onnx", help="onnx (onnxruntime) | openvino")
+    export.add_argument("--weights", help="backbone weights file (if not at the recorded path)")
+    export.add_argument("--out", required=True, help="export directory to write")
+    export.set_defaults(func=cmd_export)
+
+    speed = sub.add_parser("speed", help="throughput of the full predict path vs the bare backbone; several --run "
+                           "(torch and exported directories) are measured in one run on the same images")
+    speed.add_argument("--run", required=True, nargs="+", help="model and / or export directories")
     speed.add_argument("--images", required=True)
     speed.add_argument("--batch-size", type=int, default=16)
     speed.add_argument("--repeats", type=int, default=1)

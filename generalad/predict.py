@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from generalad.data import Sample, read_image
-from generalad.methods.base import AnomalyModel
 from generalad.report import Prediction, regions_from_map, render_overlay, save_map_npy, save_png, write_predictions
+
+if TYPE_CHECKING:  # an exported model (generalad.deploy.Inferencer) predicts through here without torch
+    from generalad.methods.base import AnomalyModel
 
 
 def _output_name(index: int, path: str) -> str:
@@ -17,7 +20,7 @@ def _output_name(index: int, path: str) -> str:
 
 
 def predict_samples(
-    model: AnomalyModel, samples: Sequence[Sample], out_dir: str | Path | None = None, *, save_maps: bool = False,
+    model: "AnomalyModel", samples: Sequence[Sample], out_dir: str | Path | None = None, *, save_maps: bool = False,
     overlays: bool = True, progress: bool = False,
 ) -> list[Prediction]:
     """Score ``samples``; with ``out_dir`` write predictions.jsonl/csv, overlays and optional .npy maps."""
@@ -59,6 +62,6 @@ def predict_samples(
     return records
 
 
-def predict_folder(model: AnomalyModel, paths: Sequence[str], out_dir: str | Path, **kwargs) -> list[Prediction]:
+def predict_folder(model: "AnomalyModel", paths: Sequence[str], out_dir: str | Path, **kwargs) -> list[Prediction]:
     samples = [Sample(path=p, label=-1, split="predict") for p in paths]
     return predict_samples(model, samples, out_dir, **kwargs)

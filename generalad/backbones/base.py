@@ -134,6 +134,10 @@ class Backbone(nn.Module):
         """Validate an input size for this backbone; returns (H, W)."""
         return as_hw(size)
 
+    def export_copy(self, size: int | Sequence[int]) -> nn.Module:
+        """The module an exported graph traces for inputs of ``size`` (ViTs fold their position table; others: self)."""
+        return self
+
     def forward(self, x: torch.Tensor, *, with_attention: bool = False) -> Features:  # pragma: no cover
         raise NotImplementedError
 

@@ -1,9 +1,8 @@
 """Pre- and post-processing of deployed models in numpy + Pillow (no torch), equal to the torch path.
 
-* :func:`resize_image` is ``generalad.backbones.base.preprocess``' resize: Pillow's float ("F" mode) bicubic
-  resampling uses the same separable kernel (a = −0.5, support widened by the scale when shrinking) as torch's
-  ``interpolate(mode="bicubic", antialias=True)``; measured difference ≤ 2e-5 on [0, 1] images, then the same
-  clamp to [0, 1].
+* :func:`resize_image` is ``generalad.backbones.base.preprocess``' resize — torch's
+  ``interpolate(mode="bicubic", antialias=True)`` — as two weight matrices built the way torch builds them
+  (:func:`bicubic_aa_matrix`), then the same clamp to [0, 1].
 * :func:`resize_maps` is ``generalad.nn.maps.resize_maps`` (bilinear, ``align_corners=False``, no antialias) as
   two small interpolation matrices: ``M_h @ map @ M_wᵀ``.
 """
@@ -14,17 +13,53 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
+
+
+@lru_cache(maxsize=64)
+def bicubic_aa_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 weights of torch's ``interpolate(mode="bicubic", antialias=True)`` along one axis.
+
+    torch's CPU kernel (``_compute_weights_aa``): scale = n_in / n_out in float32; support 2·scale when
+    shrinking (2 when enlarging); centre = scale·(i + 0.5); taps j in [⌊centre − support + ½⌋,
+    ⌊centre + support + ½⌋); weight = Keys' cubic (a = −0.5) at (j − centre + ½)/max(scale, 1), normalised
+    to sum 1. Evaluated here with torch's float32 / float64 steps: the weights agree with torch's to ≤ 6e-7
+    (tests/deploy/test_preprocess.py), against ~1e-5 for Pillow's double-precision version of the same filter.
+    """
+    f32 = np.float32
+    scale = f32(f32(n_in) / f32(n_out))
+    support = f32(2.0) * scale if scale >= 1 else f32(2.0)
+    invscale = f32(1.0) / scale if scale >= 1 else f32(1.0)
+    i = np.arange(n_out)
+    center = (np.float64(scale) * (i + 0.5)).astype(f32)
+    lo = np.maximum(((center - support).astype(np.float64) + 0.5).astype(np.int64), 0)
+    hi = np.minimum(((center + support).astype(np.float64) + 0.5).astype(np.int64), n_in)
+    taps = np.arange(int((hi - lo).max()))[None, :]
+    valid = taps < (hi - lo)[:, None]
+    pos = lo[:, None] + taps
+    x = np.abs(((pos.astype(f32) - center[:, None]).astype(np.float64) + 0.5) * np.float64(invscale)).astype(f32)
+    a = f32(-0.5)
+    near = ((a + f32(2)) * x - (a + f32(3))) * x * x + f32(1)
+    far = ((a * x - f32(5) * a) * x + f32(8) * a) * x - f32(4) * a
+    w = np.where(valid & (x < 1), near, np.where(valid & (x < 2), far, f32(0))).astype(f32)
+    total = np.zeros(n_out, dtype=f32)
+    for k in range(w.shape[1]):  # left to right in float32, as the kernel sums
+        total = total + w[:, k]
+    w = w / np.where(total != 0, total, f32(1))[:, None]
+    m = np.zeros((n_out, n_in), dtype=f32)
+    rows = np.broadcast_to(i[:, None], pos.shape)
+    m[rows[valid], pos[valid]] = w[valid]
+    return m
 
 
 def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1] → (h, w, 3) float32, bicubic with antialias, clamped to [0, 1]."""
+    """(H, W, 3) float32 in [0, 1] → (h, w, 3) float32: bicubic with antialias (width first, as torch), clamped."""
     if image.shape[:2] == tuple(hw):
         return np.ascontiguousarray(image, dtype=np.float32)
-    size = (int(hw[1]), int(hw[0]))  # Pillow takes (width, height)
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32), mode="F")
-                           .resize(size, Image.Resampling.BICUBIC)) for c in range(image.shape[2])]
-    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
+    m_h = bicubic_aa_matrix(image.shape[0], int(hw[0]))
+    m_w = bicubic_aa_matrix(image.shape[1], int(hw[1]))
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)  # (3, H, W)
+    out = m_h @ (planes @ m_w.T)
+    return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)
 
 
 def to_batch(images: Sequence[np.ndarray], hw: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

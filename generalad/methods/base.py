@@ -34,6 +34,7 @@ from generalad.data import Sample, image_hw, split_holdout
 from generalad.device import PRECISION_CHOICES
 from generalad.errors import ConfigError, InputError, NotFittedError
 from generalad.io import AtomicDir, atomic_save_safetensors, atomic_write_json, load_safetensors
+from generalad.methods.bundle import BUNDLE_KEY, BundledBackbone, check_weights_file, read_bundle, write_bundle
 from generalad.nn.maps import resize_maps, upsample_maps
 
 CONFIG_FILE = "config.json"
@@ -110,6 +111,7 @@ class AnomalyModel:
         self._hparams: tuple[BaseConfig, BaseConfig] | None = None  # (config, config.resolved()), see hparams
         self.infer_chunk = 64  # images per inference chunk: features of one chunk live in memory at once
         self.backbone_: torch.nn.Module | None = None
+        self.backbone_bundle_: BundledBackbone | None = None  # a loaded model's backbone.safetensors (bundle.py)
         self.device_: torch.device | None = None  # resolved from config.device on first use
         self.precision_: str | None = None  # resolved from config.precision on first use
         self._progress = False  # progress bars of the fit in progress (training loops read it)
@@ -142,6 +144,8 @@ class AnomalyModel:
         """Change options (validated like the constructor); they take effect at the next ``fit``."""
         self.config = self._configured(self.config, params)
         self.backbone_ = self.device_ = self.precision_ = None
+        if {"backbone", "weights"} & set(params):  # another network than the bundled one was asked for
+            self.backbone_bundle_ = None
         return self
 
     def __repr__(self) -> str:
@@ -186,11 +190,14 @@ class AnomalyModel:
         return self.config.layers
 
     def backbone(self) -> torch.nn.Module:
-        """The frozen backbone on ``self.device``, created on first use."""
+        """The frozen backbone on ``self.device``, created on first use (from the bundled file when loaded with one)."""
         if self.backbone_ is None:
             from generalad.backbones import create_backbone
 
-            bb = create_backbone(self.config.backbone, weights=self.config.weights, layers=self._backbone_layers())
+            if self.backbone_bundle_ is not None:
+                bb = self.backbone_bundle_.create(self.config.backbone, self._backbone_layers())
+            else:
+                bb = create_backbone(self.config.backbone, weights=self.config.weights, layers=self._backbone_layers())
             self.backbone_ = bb.to(self.device)
         return self.backbone_
 
@@ -400,8 +407,12 @@ class AnomalyModel:
             "device": str(self.device),
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` atomically (never a pickle)."""
+    def save(self, directory: str | Path, *, bundle_backbone: bool = False) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` atomically (never a pickle).
+
+        ``bundle_backbone``: also write the backbone's weights as ``backbone.safetensors`` (sha256 recorded), so
+        the directory loads without the original weights file (``generalad.methods.bundle``).
+        """
         self._check_fitted()
         directory = Path(directory)
         meta = {
@@ -418,9 +429,39 @@ class AnomalyModel:
             **self._extra_meta(),
         }
         with AtomicDir(directory) as tmp:
+            if bundle_backbone:  # inside the AtomicDir: a half-written bundle never becomes a model directory
+                meta[BUNDLE_KEY] = write_bundle(self.backbone(), tmp)
             atomic_save_safetensors(tmp / STATE_FILE, {k: v.contiguous() for k, v in self._state().items()}, {"model": self.name})
             atomic_write_json(tmp / CONFIG_FILE, meta)
         return directory
+
+    # ----------------------------------------------------------------- export (docs/DEPLOY.md)
+    def export_module(self) -> torch.nn.Module:
+        """The whole inference path as one frozen fp32 module (``generalad.export.graph.InferenceGraph``):
+        (B, 3, S, S) images resized and normalised as ``extract`` does → (raw image scores (B,), maps (B, S, S)),
+        the values ``infer_batches`` yields. ``generalad export`` traces it to ONNX / OpenVINO."""
+        from generalad.export.graph import InferenceGraph
+
+        self._check_fitted_state()
+        # no method reads the CLS attention at inference (GeneralAD uses it for training distortions only)
+        backbone = self.backbone().export_copy(self.working_size)
+        return InferenceGraph(backbone, self._export_head(), self._export_maps(), self._export_score())
+
+    def _export_head(self) -> torch.nn.Module:
+        """Module (maps, attention) → (raw image scores (B,), patch grids (B, h, w)): ``_infer_features`` on one batch."""
+        raise ConfigError(f"{self.name} models cannot be exported (no export head)")
+
+    def _export_maps(self) -> torch.nn.Module:
+        """Grids → maps at the working size, the operator ``_grids_to_maps`` applies (default: ``upsample_maps``)."""
+        from generalad.export.graph import SeparableMaps
+
+        size = (self.working_size, self.working_size)
+        return SeparableMaps(tuple(self.grid_), size, sigma=self._map_sigma(), radius=self._map_radius(),
+                             mode=self._map_mode())
+
+    def _export_score(self) -> torch.nn.Module | None:
+        """``_final_scores`` as a module on the maps, or None when the head's scores are final."""
+        return None
 
     def _extra_meta(self) -> dict[str, Any]:
         return {}
@@ -470,4 +511,10 @@ def load_model(directory: str | Path, *, weights: str | None = None, device: str
     if not state_path.is_file():
         raise InputError(f"model directory has no {STATE_FILE}: {directory}")
     tensors, _ = load_safetensors(state_path)
-    return get_method(meta["model"])._from_meta(meta, tensors, weights=weights, device=device)
+    model = get_method(meta["model"])._from_meta(meta, tensors, weights=weights, device=device)
+    # An explicit weights file wins over a bundled one; either way a missing file fails here, in one line,
+    # not at the first image scored.
+    model.backbone_bundle_ = read_bundle(directory, meta) if weights is None else None
+    if model.backbone_bundle_ is None:
+        check_weights_file(model.config.backbone, model.config.weights, directory, given=weights is not None)
+    return model

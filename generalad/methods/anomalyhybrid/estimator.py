@@ -235,6 +235,19 @@ class AnomalyHybrid(AnomalyModel):
     def _final_scores(self, scores: np.ndarray, maps: torch.Tensor) -> np.ndarray:
         return self._pooled(maps)
 
+    def _export_head(self) -> torch.nn.Module:
+        from generalad.methods.anomalyhybrid.export import DetectorHead
+
+        if set(self.detectors_) != {"rgb"}:
+            raise ConfigError(f"only RGB AnomalyHybrid detectors export (this model has {', '.join(self.detectors_)}): "
+                              "the graph takes images, not sensor depth")
+        return DetectorHead(self.detectors_["rgb"], score_window(self.working_size))
+
+    def _export_maps(self) -> torch.nn.Module:
+        from generalad.export.graph import Identity2
+
+        return Identity2()  # the softmax map is already at the working size (as _grids_to_maps)
+
     def describe(self) -> dict[str, Any]:
         cfg = self.hparams
         return {**super().describe(), "perceptual_network": self.generator_info_.get("perceptual", cfg.perceptual),

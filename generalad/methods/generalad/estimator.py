@@ -29,6 +29,29 @@ def _grid_of(features) -> tuple[int, int]:
     return tuple(features.maps[0].shape[-2:])
 
 
+def patch_tokens(maps: list[torch.Tensor], attention: torch.Tensor | None, *, vit: bool,
+                 cnn_token_norm: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, P, D) patch tokens and (N, H, P) saliency from backbone maps (the estimator and the export share it).
+
+    ViT: tokens after the final LayerNorm and the CLS→patch attention. CNN: the stages resized to the
+    first stage's grid and concatenated, LayerNorm-ed per patch (so σ = 0.25 has the same meaning), and
+    the feature norm as a one-head saliency (stated in the model config).
+    """
+    grid = tuple(maps[0].shape[-2:])
+    if vit and len(maps) == 1:
+        return maps[0].flatten(2).transpose(1, 2).float(), attention
+    stacked = torch.cat(
+        [m if tuple(m.shape[-2:]) == grid else F.interpolate(m.float(), size=grid, mode="bilinear", align_corners=False)
+         for m in maps], dim=1,
+    ).float()
+    tokens = stacked.flatten(2).transpose(1, 2)
+    saliency = tokens.norm(dim=-1)
+    saliency = (saliency / saliency.sum(dim=1, keepdim=True).clamp_min(1e-12)).unsqueeze(1)
+    if cnn_token_norm:
+        tokens = F.layer_norm(tokens, tokens.shape[-1:])
+    return tokens, saliency
+
+
 class GeneralAD(AnomalyModel):
     """``GeneralAD(backbone="dinov2_vits14", weights=..., image_size=224, preset="industrial").fit(train)``."""
 
@@ -52,27 +75,9 @@ class GeneralAD(AnomalyModel):
 
     # ------------------------------------------------------------------ features
     def _tokens(self, features) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, P, D) patch tokens and (N, H, P) saliency for the attention-guided distortions.
-
-        ViT: tokens after the final LayerNorm and the CLS→patch attention. CNN: the stages resized to the
-        first stage's grid and concatenated, LayerNorm-ed per patch (so σ = 0.25 has the same meaning), and
-        the feature norm as a one-head saliency (stated in the model config).
-        """
-        maps = features.maps
-        grid = _grid_of(features)
-        if self.backbone().kind == "vit" and len(maps) == 1:
-            tokens = maps[0].flatten(2).transpose(1, 2)
-            return tokens.float(), features.attention
-        stacked = torch.cat(
-            [m if tuple(m.shape[-2:]) == grid else F.interpolate(m.float(), size=grid, mode="bilinear", align_corners=False)
-             for m in maps], dim=1,
-        ).float()
-        tokens = stacked.flatten(2).transpose(1, 2)
-        saliency = tokens.norm(dim=-1)
-        saliency = (saliency / saliency.sum(dim=1, keepdim=True).clamp_min(1e-12)).unsqueeze(1)
-        if self.config.cnn_token_norm:
-            tokens = F.layer_norm(tokens, tokens.shape[-1:])
-        return tokens, saliency
+        """(N, P, D) patch tokens and (N, H, P) saliency for the attention-guided distortions (:func:`patch_tokens`)."""
+        return patch_tokens(features.maps, features.attention, vit=self.backbone().kind == "vit",
+                            cnn_token_norm=self.config.cnn_token_norm)
 
     # ------------------------------------------------------------------ fit
     def fit(self, samples: Sequence[Sample], *, calibration=None, progress: bool = False,
@@ -159,6 +164,12 @@ class GeneralAD(AnomalyModel):
             self.grid_ = grid
         logits = core.patch_logits(self.disc_, tokens, precision=self._train_precision())
         return core.image_scores(logits, self._k(logits.shape[1])).numpy(), logits.reshape(-1, *grid)
+
+    def _export_head(self) -> torch.nn.Module:
+        from generalad.methods.generalad.export import GeneralADHead
+
+        return GeneralADHead(self.disc_, self._k(self.grid_[0] * self.grid_[1]), vit=self.backbone().kind == "vit",
+                             cnn_token_norm=self.config.cnn_token_norm)
 
     def _map_blur(self) -> tuple[float, int]:
         cfg = self.hparams

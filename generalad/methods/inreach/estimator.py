@@ -187,6 +187,22 @@ class InReaCh(AnomalyModel):
         maps = ir.rotate_images(maps[..., None], -angles)[..., 0]  # back to the image's own orientation
         return upsample_maps(maps, size, sigma=self._map_sigma())
 
+    def _export_head(self) -> torch.nn.Module:
+        from generalad.methods.inreach.export import InReaChHead
+
+        if self.reference_ is not None:
+            raise ConfigError("this InReaCh model was fitted with rotational alignment (each test image is rotated "
+                              "onto a reference first), which an exported graph does not do: refit with "
+                              "--set align=false to export it")
+        return InReaChHead(self.backbone().channels, self.bank_, out_dim=self.config.feature_dim,
+                           grid_pool=self.config.grid_pool, grid=self.grid_,
+                           positional_weight=self.config.pos_weight if self.use_positional_ else None)
+
+    def _export_score(self) -> torch.nn.Module | None:
+        from generalad.export.graph import MaxOfMap
+
+        return MaxOfMap()
+
     # ------------------------------------------------------------------ cleaning
     def training_image_statistics(self) -> dict[str, np.ndarray]:
         """Per training image statistics from the channel construction (for ranking contaminants)."""

@@ -182,6 +182,23 @@ class ReverseDistillation(AnomalyModel):
     def _final_scores(self, scores: np.ndarray, maps: torch.Tensor) -> np.ndarray:
         return maps.flatten(1).amax(dim=1).double().numpy()
 
+    def _export_head(self) -> torch.nn.Module:
+        from generalad.methods.rd.export import RDHead
+
+        return RDHead(self.student_, (self.working_size, self.working_size))
+
+    def _export_maps(self) -> torch.nn.Module:
+        """``gaussian_blur(σ = map_sigma)`` at the working size as one separable operator (identity interpolation)."""
+        from generalad.export.graph import SeparableMaps
+
+        size = (self.working_size, self.working_size)
+        return SeparableMaps(size, size, sigma=self.config.map_sigma, radius=None, mode="bilinear")
+
+    def _export_score(self) -> torch.nn.Module | None:
+        from generalad.export.graph import MaxOfMap
+
+        return MaxOfMap()
+
     def protocol(self) -> dict[str, Any]:
         cfg = self.hparams
         learned = self.fit_info_
