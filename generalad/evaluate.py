@@ -29,6 +29,7 @@ from generalad.metrics import (
     threshold_metrics,
 )
 from generalad.report import Prediction, write_predictions
+from generalad.report_html.evidence import GALLERY_K, WorstCases, per_defect_type, write_evidence
 
 EVAL_SIZE = (256, 256)  # docs/PROTOCOLS.md §3: maps bilinear, masks nearest, no crop
 LOCO_GROUPS = (LOGICAL, STRUCTURAL)  # reported as metrics["logical"], metrics["structural"]
@@ -66,8 +67,13 @@ def evaluate(
     progress: bool = False,
     extra: dict[str, Any] | None = None,
     defects: Mapping[str, LocoDefect] | None = None,
+    gallery: int = GALLERY_K,
 ) -> dict[str, Any]:
     """Score ``test``, compute metrics, and (when ``out_dir``) write metrics.json + predictions.jsonl/csv.
+
+    With ``out_dir`` it also writes what the HTML report needs and cannot recompute from the scores
+    (``generalad.report_html.evidence``): ``inspect.json`` (the PRO curve up to the AUPRO FPR limit) and
+    overlays of the ``gallery`` worst false positives / false negatives at the calibrated threshold.
 
     ``has_masks``: pixel metrics (AUROC, AP, F1-max, AUPRO) at ``eval_size`` (None = native). ``defects``:
     the MVTec LOCO ``defects_config.json`` entries (``generalad.data.loco_defects_config(root)``); with
@@ -80,16 +86,19 @@ def evaluate(
     desc = model.describe()
     records: list[Prediction] = []
     scores_all: list[np.ndarray] = []
+    worst = WorstCases(gallery if out_dir is not None else 0)
     t0 = time.perf_counter()
     for chunk, scores, maps in model.infer_batches(test, progress=progress):
         scores_all.append(scores)
+        worst.update(chunk, scores, maps)
         if pixel is not None:
             _update_pixels(pixel, spro, chunk, maps, eval_size)
         records.extend(_records(model, desc, chunk, scores))
     seconds = time.perf_counter() - t0
     scores = np.concatenate(scores_all) if scores_all else np.zeros(0)
     labels = np.array([s.label for s in test])
-    groups = _group_metrics(scores, labels, np.array([s.defect_type for s in test]))
+    types = [s.defect_type for s in test]
+    groups = _group_metrics(scores, labels, np.array(types))
     if spro is not None:
         for group, values in spro.group_metrics().items():
             if group in groups:
@@ -105,6 +114,7 @@ def evaluate(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threshold": model.threshold_,
         "at_threshold": threshold_metrics(scores, labels, model.threshold_),
+        "per_defect_type": per_defect_type(scores, labels, types, model.threshold_),
         "calibration": model.calibration_.to_dict(),
         "evaluation_resolution": list(eval_size) if eval_size else "native",
         **({"spro": spro.describe()} if spro is not None else {}),
@@ -117,6 +127,7 @@ def evaluate(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_predictions(records, out_dir)
+        write_evidence(out_dir, model, pixel=pixel, worst=worst)
         atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
 
