@@ -31,6 +31,8 @@ Dataset keys: ``root``, ``name``, ``layout``, ``categories`` / ``normal_classes`
 backbone's weights into it (``backbone.safetensors``, as ``fit --bundle-backbone``). Writes ``results.jsonl``
 (one line per fit/test), ``table.md`` and ``table.csv`` (per category + mean). MVTec LOCO rows add logical and
 structural image AUROC columns (each group against the good test images), next to the pooled one.
+``report.html`` (self-contained) shows the table, a chart per metric and every row's protocol stamps, and links
+each row to its run's own ``runs/<row>/report.html`` (docs/INSPECT.md).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import yaml
 from generalad.errors import ConfigError, InputError
 from generalad.evaluate import evaluate
 from generalad.io import atomic_write_text
+from generalad.report_html import REPORT_FILE, write_benchmark_report, write_report
 
 METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_auspro@0.05",
            "logical_image_auroc", "structural_image_auroc")
@@ -135,9 +138,11 @@ def _run_job(ds_cfg, kind, unit, m, seed, shots, cfg, out: Path, device: str | N
         eval_size=None if eval_size == "native" else (int(eval_size),) * 2,
         defects=loco_defects_config(ds.root) if ds.name == "loco" else None,
     )
+    write_report(run_dir)  # each run's own page (report.html beside its metrics.json), linked from the table's
     return {
         "dataset": ds_cfg.get("name", ds.name), "unit": str(unit if unit is not None else ds.category),
         "model": label, "seed": seed, "shots": shots, "fit_seconds": round(fit_s, 2),
+        "run_dir": str(run_dir.relative_to(out)),
         # few-shot rows list the images they were fitted on (docs/PROTOCOLS.md §2), so a subset can be reproduced
         **({"shots_mode": cfg.get("shots_mode", "random"), "train_files": [s.path for s in train]} if shots else {}),
         **{k: metrics.get(k) for k in (*METRICS, "images_per_second", "peak_rss_mb", "backbone",
@@ -249,6 +254,8 @@ def run_benchmark(
         md += "\n" + layout_table(rows, spec)
     atomic_write_text(out / "table.md", md + note)
     atomic_write_text(out / "table.csv", table_csv)
+    links = {i: f"{r['run_dir']}/{REPORT_FILE}" for i, r in enumerate(rows) if r.get("run_dir")}
+    write_benchmark_report(out, rows, table_csv, links, title=f"{Path(config_file).name} → {out}")
     if not quiet:
         print(md + note)
     return rows

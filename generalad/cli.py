@@ -1,4 +1,5 @@
-"""Command-line interface: ``generalad fit | test | predict | speed | benchmark | clean | generate | demo | doctor``.
+"""Command-line interface: ``generalad fit | test | report | predict | serve | export | speed | benchmark | clean |
+generate | demo | doctor``.
 
 Every user-caused problem ends in one line on stderr (``generalad: error: ...``) and exit status 2. The
 ``--model`` choices, their help and the method-specific flags come from the method registry
@@ -139,7 +140,23 @@ def cmd_test(args: argparse.Namespace) -> int:
     )
     keys = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_auspro@0.05", "pixel_ap",
             "n_test", "images_per_second")
-    _print_json({k: metrics[k] for k in keys if k in metrics} | {"out": str(args.out)})
+    extra: dict[str, Any] = {"out": str(args.out)}
+    if not args.no_report:
+        from generalad.report_html import write_report
+
+        extra["report"] = str(write_report(args.out))
+    _print_json({k: metrics[k] for k in keys if k in metrics} | extra)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from generalad.report_html import write_report
+
+    t0 = time.perf_counter()
+    out = write_report(args.res, args.out)
+    _print_json({"report": str(out), "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 2)})
     return 0
 
 
@@ -163,6 +180,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     records = predict_folder(model, _list_images(args.inputs), args.out, save_maps=args.save_maps, progress=not args.quiet)
     n_anom = sum(r.pred_label for r in records)
     _print_json({"n_images": len(records), "n_anomalous": n_anom, "threshold": model.threshold_, "out": str(args.out)})
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from generalad.serve import serve
+
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
+    model = _load_for_inference(args.run, args)
+    serve(model, args.run, host=args.host, port=args.port, images=args.images, max_upload_mb=args.max_upload_mb)
     return 0
 
 
@@ -305,7 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--eval-size", default="256", help="evaluation resolution for pixel metrics, or 'native'")
     _add_device_args(test, precision=False)
     test.add_argument("--out", required=True)
+    test.add_argument("--no-report", action="store_true", help="do not write OUT/report.html (the HTML report)")
     test.set_defaults(func=cmd_test)
+
+    report = sub.add_parser("report", help="a self-contained HTML report of a test results folder")
+    report.add_argument("--res", required=True, help="results folder written by generalad test --out")
+    report.add_argument("--out", help="HTML file to write (default: RES/report.html)")
+    report.set_defaults(func=cmd_report)
 
     pred = sub.add_parser("predict", help="score images and write heat-map overlays")
     pred.add_argument("--run", required=True, help="a fitted model directory or an export directory (deploy.json)")
@@ -315,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(pred, precision=False)
     pred.add_argument("--out", required=True)
     pred.set_defaults(func=cmd_predict)
+
+    from generalad.serve import DEFAULT_HOST, DEFAULT_PORT
+
+    srv = sub.add_parser("serve", help="a local web app (and JSON API) to look at a model's decisions")
+    srv.add_argument("--run", required=True, help="a fitted model directory or an export directory (deploy.json)")
+    srv.add_argument("--images", help="a folder of images to list, scored, in a sortable table")
+    srv.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
+    srv.add_argument("--port", type=int, default=DEFAULT_PORT)
+    srv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    srv.add_argument("--weights")
+    _add_device_args(srv, precision=False)
+    srv.set_defaults(func=cmd_serve)
 
     export = sub.add_parser("export", help="a fitted model -> ONNX / OpenVINO graph + deploy.json (runs without torch)")
     export.add_argument("--run", required=True, help="a fitted model directory")
