@@ -16,6 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +153,23 @@ class Inferencer:
         """Yield (samples, raw scores, maps at the working size) per batch, like ``AnomalyModel.infer_batches``."""
         del use_cache, progress
         samples = list(samples)
-        for start in range(0, len(samples), self.batch_size):
-            chunk = samples[start : start + self.batch_size]
-            scores, maps = self.run(self.preprocess([read_image(s) for s in chunk]))
-            yield chunk, scores, maps
+        chunks = [samples[i : i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
+        if not chunks:
+            return
+
+        def load(chunk: Sequence[Sample]) -> np.ndarray:
+            return self.preprocess([read_image(s) for s in chunk])
+
+        # decode + resize the next batch in a thread while the runtime works on this one (Pillow, numpy's
+        # matrix products and both runtimes release the GIL)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, chunks[0])
+            for i, chunk in enumerate(chunks):
+                batch = pending.result()
+                if i + 1 < len(chunks):
+                    pending = pool.submit(load, chunks[i + 1])
+                scores, maps = self.run(batch)
+                yield chunk, scores, maps
 
     @staticmethod
     def to_original_size(chunk: Sequence[Sample], maps: np.ndarray) -> list[np.ndarray]:

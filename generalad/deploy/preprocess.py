@@ -3,8 +3,10 @@
 * :func:`resize_image` is ``generalad.backbones.base.preprocess``' resize — torch's
   ``interpolate(mode="bicubic", antialias=True)`` — as two weight matrices built the way torch builds them
   (:func:`bicubic_aa_matrix`), then the same clamp to [0, 1].
-* :func:`resize_maps` is ``generalad.nn.maps.resize_maps`` (bilinear, ``align_corners=False``, no antialias) as
-  two small interpolation matrices: ``M_h @ map @ M_wᵀ``.
+* :func:`resize_map` is ``generalad.nn.maps.resize_maps`` (bilinear, ``align_corners=False``, no antialias) as
+  two interpolation matrices: ``M_h @ map @ M_wᵀ``.
+
+Both apply their matrices as sparse (scipy CSR) products: only the taps each output reads are multiplied.
 """
 
 from __future__ import annotations
@@ -51,15 +53,30 @@ def bicubic_aa_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=64)
+def _sparse(kind: str, n_in: int, n_out: int):
+    """The weight matrix as CSR: a tap window per row (≤ 4·scale + 1 bicubic, 2 bilinear) instead of n_in columns —
+    at 900 → 224 px about 50× fewer multiplications than the dense product."""
+    from scipy.sparse import csr_matrix
+
+    dense = bicubic_aa_matrix(n_in, n_out) if kind == "bicubic" else bilinear_matrix(n_in, n_out)
+    return csr_matrix(dense)
+
+
+def _along_rows(kind: str, x: np.ndarray, n_out: int) -> np.ndarray:
+    """Resample axis 0 of a (n, ...) float32 array to n_out: one sparse (n_out, n) product."""
+    flat = x.reshape(x.shape[0], -1)
+    return np.asarray(_sparse(kind, x.shape[0], n_out) @ flat, dtype=np.float32).reshape(n_out, *x.shape[1:])
+
+
 def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1] → (h, w, 3) float32: bicubic with antialias (width first, as torch), clamped."""
     if image.shape[:2] == tuple(hw):
         return np.ascontiguousarray(image, dtype=np.float32)
-    m_h = bicubic_aa_matrix(image.shape[0], int(hw[0]))
-    m_w = bicubic_aa_matrix(image.shape[1], int(hw[1]))
-    planes = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)  # (3, H, W)
-    out = m_h @ (planes @ m_w.T)
-    return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)
+    x = np.ascontiguousarray(image.transpose(1, 0, 2), dtype=np.float32)  # (W, H, 3): width first
+    x = _along_rows("bicubic", x, int(hw[1])).transpose(1, 0, 2)  # (H, w, 3)
+    x = _along_rows("bicubic", np.ascontiguousarray(x), int(hw[0]))  # (h, w, 3)
+    return np.clip(x, 0.0, 1.0)
 
 
 def to_batch(images: Sequence[np.ndarray], hw: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -93,4 +110,5 @@ def resize_map(amap: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """(h, w) float32 map → ``hw`` by bilinear interpolation (identity when the size already matches)."""
     if amap.shape == tuple(hw):
         return amap
-    return bilinear_matrix(amap.shape[0], int(hw[0])) @ amap.astype(np.float32) @ bilinear_matrix(amap.shape[1], int(hw[1])).T
+    x = _along_rows("bilinear", np.ascontiguousarray(amap, dtype=np.float32), int(hw[0]))  # (H, w)
+    return np.ascontiguousarray(_along_rows("bilinear", np.ascontiguousarray(x.T), int(hw[1])).T)

@@ -43,4 +43,4 @@ def test_map_resize_equals_torch():
     amap = rng.random((224, 224), dtype=np.float32) * 50
     for hw in [(900, 900), (100, 517), (224, 224), (64, 80)]:
         ref = resize_maps(torch.from_numpy(amap)[None], hw)[0].numpy()
-        np.testing.assert_allclose(resize_map(amap, hw), ref, rtol=0, atol=2e-7 * 50)
+        np.testing.assert_allclose(resize_map(amap, hw), ref, rtol=0, atol=5e-7 * 50)  # fp32 rounding
