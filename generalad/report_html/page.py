@@ -124,7 +124,8 @@ def protocol_table(m: Mapping[str, Any]) -> str:
         ("dataset", f"{esc(m.get('dataset'))} / {esc(m.get('category'))} &nbsp;<code>{esc(m.get('data_root'))}</code>"),
         ("test images", f"{esc(m.get('n_test'))} (left out as seen in fit: "
                         f"{len(m.get('excluded_from_test_as_seen_in_fit') or [])})"),
-        ("pixel evaluation", esc("x".join(map(str, resolution)) if isinstance(resolution, list) else resolution)),
+        ("pixel evaluation", esc("x".join(map(str, resolution)) if isinstance(resolution, list) else resolution)
+         if "pixel_auroc" in m else "none (no ground-truth masks)"),
         ("speed / memory", f"{num(m.get('images_per_second'))} images/s, peak RSS {num(m.get('peak_rss_mb'))} MB"),
     ]
     return table(["stamp", "value"], rows)

@@ -82,7 +82,7 @@ function showPrediction(record, originalUrl) {
   $("overlay").src = "data:image/png;base64," + record.overlay_png;
   const n = (record.regions || []).length;
   $("regions").textContent = `${n} predicted region${n === 1 ? "" : "s"}`;
-  $("latency").textContent = `${fmt(record.latency_ms)} ms`;
+  $("latency").textContent = `${Math.round(record.latency_ms)} ms on the server`;
   redecide();
 }
 
