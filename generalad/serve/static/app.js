@@ -88,6 +88,11 @@ function showPrediction(record, originalUrl) {
 
 async function predictFile(file) {
   showError("");
+  const limit = state.card ? state.card.max_upload_bytes : Infinity;
+  if (file.size > limit) {  // the server would answer 413 too, but a browser may only see the connection close
+    showError(`413: upload too large: ${file.size} bytes, the limit is ${limit} bytes (generalad serve --max-upload-mb)`);
+    return;
+  }
   const form = new FormData();
   form.append("file", file, file.name);
   $("score").textContent = "…";
