@@ -445,5 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``generalad`` console command: tuned glibc malloc (generalad/allocator.py), then :func:`main`."""
+    from generalad.allocator import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

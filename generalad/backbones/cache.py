@@ -71,7 +71,8 @@ def _to_host(tensors: list[torch.Tensor], device: torch.device) -> tuple[list[to
 
 
 def feature_key(
-    backbone: Backbone, size: tuple[int, int], precision: str, with_attention: bool, image_hash: str
+    backbone: Backbone, size: tuple[int, int], precision: str, with_attention: bool, image_hash: str,
+    jpeg_draft: bool = False,
 ) -> str:
     fields = {
         "format": CACHE_FORMAT,
@@ -83,6 +84,7 @@ def feature_key(
         "precision": precision,
         "attention": bool(with_attention),
         "image": image_hash,
+        **({"jpeg_draft": True} if jpeg_draft else {}),  # absent when off: keys of existing caches stay valid
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -173,6 +175,7 @@ def extract_features(
     with_attention: bool = False,
     progress: bool = True,
     num_workers: int = 1,
+    jpeg_draft: bool = False,
 ) -> FeatureSet:
     """Features of every sample, in order: maps (N, C, h, w) and attention (N, heads, h*w) float32 on the CPU.
 
@@ -183,6 +186,7 @@ def extract_features(
     run too, so a cached rerun returns bit-identical features). ``num_workers``: background threads that
     decode + resize the next batches while this one runs (0 = all in this thread). Measured on the shared
     2-core box (16 bottle PNGs, 224 px, fp32): 1 thread gave 2-3x the images/s of 0; 2 threads no more than 1.
+    ``jpeg_draft``: decode JPEGs at the smallest DCT scale that is still ≥ ``image_size`` (``read_image(draft=)``).
     """
     size = backbone.check_image_size(image_size)
     device = _device(backbone)
@@ -201,7 +205,7 @@ def extract_features(
     paths: list[Path] = []
     if cache_dir is not None:
         root = Path(cache_dir).expanduser()
-        paths = [_cache_path(root, feature_key(backbone, size, precision, with_attention, content_hash(s)))
+        paths = [_cache_path(root, feature_key(backbone, size, precision, with_attention, content_hash(s), jpeg_draft))
                  for s in samples]
         todo = []
         for i, path in enumerate(paths):
@@ -216,7 +220,8 @@ def extract_features(
     pin = device.type == "cuda"
 
     def load(indices: list[int]) -> torch.Tensor:
-        x = preprocess([read_image(samples[i]) for i in indices], size, backbone.mean, backbone.std)
+        draft = size if jpeg_draft else None
+        x = preprocess([read_image(samples[i], draft=draft) for i in indices], size, backbone.mean, backbone.std)
         return x.pin_memory() if pin else x  # pinned in the decode thread: the upload does not block
 
     def store(indices: list[int], outs: list[torch.Tensor], ready: Any) -> None:

@@ -157,8 +157,10 @@ class Inferencer:
         if not chunks:
             return
 
+        draft = self.size if self.meta["input"].get("jpeg_draft") else None
+
         def load(chunk: Sequence[Sample]) -> np.ndarray:
-            return self.preprocess([read_image(s) for s in chunk])
+            return self.preprocess([read_image(s, draft=draft) for s in chunk])
 
         # decode + resize the next batch in a thread while the runtime works on this one (Pillow, numpy's
         # matrix products and both runtimes release the GIL)
@@ -184,8 +186,9 @@ class Inferencer:
         if isinstance(image, np.ndarray):
             decoded, path, hw = read_image(image), "<array>", tuple(np.asarray(image).shape[:2])
         elif isinstance(image, (str, Path)):
-            decoded, path = read_image(str(image)), str(image)
-            hw = decoded.shape[:2]
+            draft = self.size if self.meta["input"].get("jpeg_draft") else None
+            decoded, path = read_image(str(image), draft=draft), str(image)
+            hw = image_hw(path)  # the file's own size (a drafted JPEG decodes smaller)
         else:
             raise InputError(f"predict takes an image path or a numpy array, got {type(image).__name__}")
         scores, maps = self.run(self.preprocess([decoded]))

@@ -60,6 +60,9 @@ class BaseConfig:
     threshold: ThresholdRule = dataclasses.field(default_factory=ThresholdRule)
     pixel_quantile: float = 0.999
     cache_dir: str | None = None  # on-disk frozen-feature cache; None → no cache
+    # decode JPEGs at the smallest DCT scale still ≥ the working size (up to 64× fewer pixels decoded; pixels
+    # differ slightly from a full decode, so off by default: same scores as before)
+    jpeg_draft: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_CHOICES:
@@ -218,6 +221,7 @@ class AnomalyModel:
             cache_dir=self.config.cache_dir if use_cache else None,
             with_attention=self.needs_attention,
             progress=progress,
+            jpeg_draft=self.config.jpeg_draft,
         )
 
     # ----------------------------------------------------------------- hooks for methods

@@ -22,11 +22,17 @@ from generalad.nn.loo import kth_image_distances, leave_one_out_distances
 from generalad.nn.patches import NearestNeighbours, locally_aware_patches
 
 
+MAX_FEATURE_DIM = 1024  # the paper's width: the cap of the backbone-derived default
+
+
 @dataclasses.dataclass
 class PatchCoreConfig(BaseConfig):
     coreset_ratio: float = 0.1  # 10 % is the common default (1 % / 25 % in the paper's ablation)
     projection_dim: int = 128  # random projection used only while selecting the coreset
-    feature_dim: int = 1024  # width of the locally aware patch vector (paper: 1024)
+    # width of the locally aware patch vector. None = the backbone's: its tapped channels summed, at most 1024
+    # (Lite0 152, ViT-S 384, WRN-50 layer2+3 1536 → 1024); wider repeats values (docs/methods/patchcore.md §3).
+    # 1024 is the paper's width for every backbone (parity option).
+    feature_dim: int | None = None
     map_sigma: float = 4.0  # Gaussian σ in pixels at the working resolution
     image_score: str = "max_map"  # "max_map": max of the smoothed map; "max_patch": max raw patch distance (paper)
     # Training sets that may contain anomalies (SoftPatch-like, off in the paper): before the coreset, drop
@@ -45,6 +51,8 @@ class PatchCoreConfig(BaseConfig):
             raise ConfigError(f"image_score must be 'max_map' or 'max_patch', got {self.image_score!r}")
         if not 0 <= self.denoise_fraction < 1:
             raise ConfigError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
+        if self.feature_dim is not None and self.feature_dim < 1:
+            raise ConfigError(f"feature_dim must be >= 1 or None (the backbone's width), got {self.feature_dim}")
         if self.denoise_kth < 1:
             raise ConfigError(f"denoise_kth must be >= 1, got {self.denoise_kth}")
 
@@ -61,14 +69,24 @@ class PatchCore(AnomalyModel):
         self.grid_: tuple[int, int] | None = None
         self._index: NearestNeighbours | None = None
 
+    @property
+    def feature_dim_(self) -> int:
+        """The patch-vector width in use: the bank's once fitted, else ``feature_dim`` or the backbone's channels."""
+        if self.bank_ is not None:
+            return int(self.bank_.shape[1])
+        if self.config.feature_dim is not None:
+            return self.config.feature_dim
+        return min(MAX_FEATURE_DIM, sum(self.backbone().channels))
+
     def patches(self, features) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Locally aware patch features (N, P, feature_dim) and their grid (h, w) from backbone features."""
-        return locally_aware_patches(features.maps, out_dim=self.config.feature_dim)
+        """Locally aware patch features (N, P, feature_dim_) and their grid (h, w) from backbone features."""
+        return locally_aware_patches(features.maps, out_dim=self.feature_dim_)
 
     def _is_fitted(self) -> bool:
         return self.bank_ is not None
 
     def _fit_features(self, features, samples: Sequence[Sample], *, held_out=None) -> None:
+        self.bank_, self._index = None, None  # a refit starts over (feature_dim_ reads the bank once there is one)
         patches, self.grid_ = self.patches(features)
         flat = patches.reshape(-1, patches.shape[-1]).float().contiguous()
         n_patches = int(flat.shape[0])
@@ -80,7 +98,8 @@ class PatchCore(AnomalyModel):
         )
         self.bank_ = flat[keep].cpu().contiguous()
         self._index = None
-        self.method_stats_ = {"n_patches": n_patches, "bank_size": int(self.bank_.shape[0])}
+        self.method_stats_ = {"n_patches": n_patches, "bank_size": int(self.bank_.shape[0]),
+                              "feature_dim": int(self.bank_.shape[1])}
         if self.config.denoise_fraction > 0:
             self.method_stats_["denoised_patches"] = n_patches - int(flat.shape[0])
 
@@ -124,7 +143,7 @@ class PatchCore(AnomalyModel):
     def _export_head(self) -> torch.nn.Module:
         from generalad.methods.patchcore.export import PatchCoreHead
 
-        return PatchCoreHead(self.backbone().channels, self.bank_, out_dim=self.config.feature_dim)
+        return PatchCoreHead(self.backbone().channels, self.bank_, out_dim=self.feature_dim_)
 
     def _export_score(self) -> torch.nn.Module | None:
         from generalad.export.graph import MaxOfMap

@@ -109,3 +109,21 @@ def test_denoise_drops_mostly_the_defects_of_real_contaminants(bottle, fitted):
 
     model.fit(train)
     assert model.fit_info_["denoised_patches"] == round(0.01 * model.fit_info_["n_patches"])
+
+
+def test_patch_width_comes_from_the_backbone(fitted, bottle, vits14_weights):
+    """Lite0 taps 40 + 112 channels → 152-d patches; 1024 (the paper's) only when asked; ViT-S 384."""
+    assert fitted.feature_dim_ == 152 and fitted.bank_.shape[1] == 152 and fitted.config.feature_dim is None
+    assert fitted.fit_info_["feature_dim"] == 152
+    wide = PatchCore(backbone="efficientnet_lite0", image_size=64, feature_dim=1024, calibration_min=2)
+    assert wide.fit(bottle.train[:4]).bank_.shape[1] == 1024
+    vit = PatchCore(backbone="dinov2_vits14", weights=str(vits14_weights), image_size=56, calibration_min=2)
+    assert vit.fit(bottle.train[:4]).bank_.shape[1] == 384
+    assert vit.get_params()["feature_dim"] is None  # resolved on the model, never written into the config
+
+
+def test_patch_width_is_validated():
+    from generalad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="feature_dim"):
+        PatchCore(feature_dim=0)
