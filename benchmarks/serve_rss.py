@@ -118,8 +118,9 @@ def main() -> None:
     if not images:
         raise SystemExit(f"no images in {args.images}")
     sizes = sorted({tuple(int(x) for x in _hw(p)) for p in images[:50]})
+    runs = [measure(r, images, args.n, args.warmup) for r in args.runs]
     result = {"cpu": cpu_model(), "images": str(Path(args.images).resolve()), "n_distinct_images": len(images),
-              "image_sizes": [list(s) for s in sizes[:5]], "runs": [measure(r, images, args.n, args.warmup) for r in args.runs]}
+              "image_sizes": [list(s) for s in sizes[:5]], "runs": runs}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -205,7 +205,8 @@ def _case_figure(folder: Path, case: Mapping[str, Any]) -> str:
     except OSError:
         return f"<figure><p class='note'>missing overlay {esc(case['png'])}</p></figure>"
     mask = "" if case.get("has_mask") or case.get("label") == 0 else " (no mask file)"
-    caption = f"score {num(case['score'], 5)} · {esc(case['defect_type'])}{mask}<br><span class='mono'>{esc(case['path'])}</span>"
+    caption = (f"score {num(case['score'], 5)} · {esc(case['defect_type'])}{mask}"
+               f"<br><span class='mono'>{esc(case['path'])}</span>")
     return figure(uri, f"{case['defect_type']} {Path(case['path']).name}", caption)
 
 
@@ -225,10 +226,9 @@ def benchmark_report(title: str, rows: Sequence[Mapping[str, Any]], table_csv_ro
     charts = [_metric_chart(rows, k, name) for k, name in (("image_auroc", "image AUROC"), ("pixel_aupro", "pixel AUPRO"))
               if any(isinstance(r.get(k), (int, float)) for r in rows)]
     stamp_rows = [
-        (links.get(i) and f"<a href='{esc(links[i])}'>{esc(r.get('unit'))}</a>" or esc(r.get("unit")),
-         esc(r.get("dataset")), esc(r.get("model")), esc(r.get("seed")), esc(r.get("backbone")),
-         f"<code>{esc(str(r.get('weights_sha256'))[:16])}</code>", esc(r.get("selection")), pct(r.get("image_auroc")),
-         num(r.get("images_per_second")))
+        (_linked(esc(r.get("unit")), links.get(i)), esc(r.get("dataset")), esc(r.get("model")), esc(r.get("seed")),
+         esc(r.get("backbone")), f"<code>{esc(str(r.get('weights_sha256'))[:16])}</code>", esc(r.get("selection")),
+         pct(r.get("image_auroc")), num(r.get("images_per_second")))
         for i, r in enumerate(rows)
     ]
     stamps = table(["unit (run report)", "dataset", "model", "seed", "backbone", "weights sha256", "selection",
@@ -237,6 +237,10 @@ def benchmark_report(title: str, rows: Sequence[Mapping[str, Any]], table_csv_ro
                  f"<h2>Table</h2>{main_table}<h2>Charts</h2><div class='grid'>{''.join(charts)}</div>"
                  f"<h2>Runs and their protocol stamps</h2>{stamps}")
     return document(f"generalad benchmark: {title}", body_html)
+
+
+def _linked(text: str, href: str | None) -> str:
+    return f"<a href='{esc(href)}'>{text}</a>" if href else text
 
 
 def _metric_chart(rows: Sequence[Mapping[str, Any]], key: str, name: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from generalad.data import Sample, image_hw, read_image
+from generalad.deploy import Inferencer  # torch-free: an exported model is served without torch
 from generalad.errors import InputError
 from generalad.report import Prediction, regions_from_map
 from generalad.report_html.overlay import overlay_at_display_size, png_bytes
@@ -48,7 +49,7 @@ class ServedModel:
     def card(self) -> dict[str, Any]:
         """What the model is and how its threshold was set (GET /api/model)."""
         cal = self.model.calibration_.to_dict()
-        exported = hasattr(self.model, "meta")  # generalad.deploy.Inferencer
+        exported = isinstance(self.model, Inferencer)
         protocol = self.model.meta.get("protocol", {}) if exported else self.model.protocol()
         return {
             "run": self.run,
