@@ -5,7 +5,7 @@
 For each RUN (a model directory or an export directory) it starts ``generalad serve --run RUN`` as its own
 process on a free loopback port, waits for ``GET /api/model``, then POSTs images of DIR (cycled, sorted) to
 ``/api/predict`` one after another: ``warmup`` requests, then ``n`` measured ones. The server's resident
-memory (VmRSS from /proc/PID/status) is read after the warm-up and after the last request; latency is the
+memory (VmRSS from /proc/PID/status) is read after the warm-up, every 25 requests and after the last one; latency is the
 client's wall time per request (upload + decode + model + overlay PNG + JSON). Requests go to 127.0.0.1 only,
 their count is bounded, and the server is stopped at the end.
 """
@@ -83,12 +83,14 @@ def measure(run: str, images: list[Path], n: int, warmup: int) -> dict:
         for i in range(warmup):
             post(url, *bodies[i % len(bodies)])
         rss_before = rss_mb(proc.pid)
-        latencies, server_ms = [], []
+        latencies, server_ms, trace = [], [], []
         for i in range(n):
             t0 = time.perf_counter()
             rec = post(url, *bodies[(warmup + i) % len(bodies)])
             latencies.append((time.perf_counter() - t0) * 1000.0)
             server_ms.append(rec["latency_ms"])
+            if (i + 1) % 25 == 0:  # does it level off or keep growing?
+                trace.append(round(rss_mb(proc.pid), 1))
         rss_after = rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -103,6 +105,7 @@ def measure(run: str, images: list[Path], n: int, warmup: int) -> dict:
         "latency_ms_p95": round(float(np.percentile(lat, 95)), 1),
         "latency_ms_mean": round(float(lat.mean()), 1),
         "server_ms_p50": round(float(np.percentile(server_ms, 50)), 1),
+        "rss_mb_every_25": trace,
     }
 
 
