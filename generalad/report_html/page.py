@@ -144,24 +144,28 @@ def metrics_tables(m: Mapping[str, Any]) -> str:
 
 def image_charts(res: Results) -> str:
     scores, labels = res.scores, res.labels
-    known = labels >= 0
+    known = (labels >= 0) & np.isfinite(scores)  # unlabelled images and undefined (null) scores are not charted
+    dropped = int((~known).sum())
     scores, labels = scores[known], labels[known]
+    note = f"<p class='note'>{dropped} image(s) without a label or a finite score are not charted.</p>" if dropped else ""
     hist = figure(plots.histogram(scores, labels, res.threshold), "score histogram",
                   "Raw scores of the normal and the anomalous test images; dashed: the calibrated threshold.")
     if not ((labels == 0).any() and (labels == 1).any()):
-        return f"<p class='note'>The test set has one class only: no ROC or PR curve.</p><div class='grid'>{hist}</div>"
+        return f"{note}<p class='note'>The test set has one class only: no ROC or PR curve.</p><div class='grid'>{hist}</div>"
     curves = figure(plots.roc_pr(scores, labels, res.threshold, res.metrics.get("image_auroc"),
                                  res.metrics.get("image_ap")), "ROC and PR curves")
-    return f"<div class='grid'>{curves}{hist}</div>"
+    return f"{note}<div class='grid'>{curves}{hist}</div>"
 
 
 def pixel_section(res: Results) -> str:
     ev = res.evidence
     if "pixel_aupro" not in res.metrics:
         return "<p class='note'>This test set has no ground-truth masks: no pixel metrics and no PRO curve.</p>"
-    if ev is None or not ev.get("pro_curve"):
+    if ev is None:
         return ("<p class='note'>No PRO curve recorded in this folder (inspect.json is written by generalad test "
                 "since issue 18): run test again to see it.</p>")
+    if not ev.get("pro_curve"):
+        return "<p class='note'>No defect pixel (or no normal pixel) in this test set: the PRO curve is undefined.</p>"
     curve = ev["pro_curve"]
     caption = (f"Sampled at {len(curve['fpr'])} FPRs from the curve whose area is pixel AUPRO "
                f"({curve['mode']} pixel store).")

@@ -112,3 +112,12 @@ def test_cli_test_writes_the_report_by_default_and_report_rewrites_it(tmp_path, 
     assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "res2"), "--quiet",
                  "--no-report"]) == 0
     assert not (tmp_path / "res2" / "report.html").exists() and (tmp_path / "res2" / "inspect.json").is_file()
+
+
+def test_report_of_a_one_class_test_set_has_a_histogram_and_says_why_no_curves(tile_model, tile_test, tmp_path):
+    good = [s for s in tile_test if s.label == 0][:3]
+    evaluate(tile_model, good, out_dir=tmp_path, has_masks=True, gallery=0)
+    text = write_report(tmp_path).read_text()
+    assert "one class only: no ROC or PR curve" in text and "the PRO curve is undefined" in text
+    assert len(_assert_self_contained(text)) == 1  # the histogram alone: no PRO curve without defects, no gallery
+    assert json.loads((tmp_path / "inspect.json").read_text())["gallery"] == {"false_positives": [], "false_negatives": []}
