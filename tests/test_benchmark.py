@@ -126,6 +126,7 @@ def test_layout_data_options_window_shots_and_loco_columns(tmp_path: Path, monke
     root = make_pet_images(tmp_path / "pets", n=10)
     monkeypatch.setattr(methods, "get_method", lambda name: _Recorder)
     monkeypatch.setattr(benchmark, "evaluate", _fake_evaluate)
+    monkeypatch.setattr(benchmark, "write_report", lambda run_dir: None)  # a stubbed evaluation leaves no results folder
     _Recorder.fitted = []
     cfg = {
         "out": str(tmp_path / "bench"), "seeds": [3], "shots": [2], "shots_mode": "window",

@@ -1,10 +1,14 @@
-"""Exact nearest-neighbour search over a memory bank (faiss IndexFlatL2, torch fallback).
+"""Exact nearest-neighbour search over a memory bank (torch GEMM blocks; faiss IndexFlatL2 on request).
 
 Distances are Euclidean by default (PatchCore scores patches by the distance to the nearest bank vector);
 ``squared=True`` returns squared distances. Both backends rank with the expansion ‖q‖² − 2q·b + ‖b‖²,
 whose rounding near zero is ~1e-6 in d², i.e. ~1e-3 after the square root. The k returned distances are
 therefore recomputed from explicit differences (Q·k·D work, negligible next to the Q·M·D search), so a
 query equal to a bank vector gets exactly 0 and both backends agree to fp32 rounding.
+
+Backends: "auto" is torch everywhere. Measured on a 2-core Intel Xeon (AVX512F, no AMX; fp32, 2 threads),
+3 136 queries: bank 3 528 × 1024 — faiss 2.08 s, torch 0.57 s; 3 528 × 152 — 0.40 / 0.30 s; 49 392 × 152 —
+6.97 / 4.07 s with top-k, 2.10 s with the k = 1 argmin now used. faiss stays selectable (``backend="faiss"``).
 
 Devices: ``device=`` places the bank (and the search) on any torch device. faiss-cpu has no GPU build, so
 off the CPU the torch backend runs there: one (chunk, M) GEMM block plus a top-k per chunk, and the exact
@@ -79,8 +83,8 @@ class NearestNeighbours:
         self.bank = _as_f32(bank, "bank", self.device)
         if self.bank.shape[0] == 0:
             raise ConfigError("nearest neighbours: the bank is empty")
-        if backend == "auto":
-            backend = "faiss" if faiss is not None and self.device.type == "cpu" else "torch"
+        if backend == "auto":  # torch's GEMM + min beat faiss' flat index on the CPU too (module docstring)
+            backend = "torch"
         self.backend = backend
         self.chunk = int(chunk)
         if self.backend == "faiss":
@@ -142,6 +146,8 @@ class NearestNeighbours:
     def _search_torch(self, q: torch.Tensor, k: int) -> torch.Tensor:
         # (chunk, M) block of ‖b‖² − 2q·b (‖q‖² does not change the ranking); k smallest, nearest first
         d2 = torch.addmm(self._bank_sq, q, self.bank.T, alpha=-2.0)
+        if k == 1:  # PatchCore / InReaCh: a min is one pass, top-k a partial sort
+            return d2.argmin(dim=1, keepdim=True)
         return d2.topk(k, dim=1, largest=False, sorted=True).indices
 
 
