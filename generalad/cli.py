@@ -174,12 +174,35 @@ def _load_for_inference(run: str, args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from generalad.predict import predict_folder
+    from generalad.predict import raise_for_failures
 
-    model = _load_for_inference(args.run, args)
-    records = predict_folder(model, _list_images(args.inputs), args.out, save_maps=args.save_maps, progress=not args.quiet)
-    n_anom = sum(r.pred_label for r in records)
-    _print_json({"n_images": len(records), "n_anomalous": n_anom, "threshold": model.threshold_, "out": str(args.out)})
+    if args.engine != "ray" and (args.address or args.workers is not None or args.gpus_per_worker is not None):
+        raise ConfigError("--address, --workers and --gpus-per-worker apply to --engine ray")
+    paths = _list_images(args.inputs)
+    if args.engine == "ray":
+        from generalad.engines.ray import predict_ray
+
+        rows, stats = predict_ray(
+            args.run, paths, args.out, address=args.address, workers=2 if args.workers is None else args.workers,
+            chunk=args.chunk, threads=args.threads, gpus_per_worker=args.gpus_per_worker, weights=args.weights,
+            device=args.device, save_maps=args.save_maps, progress=not args.quiet)
+        failed = [r for r in rows if "error" in r]
+        summary = {"n_images": len(rows), "n_failed": len(failed),
+                   "n_anomalous": sum(bool(r.get("is_anomalous")) for r in rows), "threshold": stats.pop("threshold"),
+                   "out": str(args.out), **stats}
+        records: list[Any] = rows
+    else:
+        from generalad.predict import FailedImage, load_predictor, predict_folder
+
+        model = load_predictor(args.run, weights=args.weights, device=args.device, threads=args.threads)
+        records = predict_folder(model, paths, args.out, save_maps=args.save_maps, progress=not args.quiet,
+                                 chunk=args.chunk)
+        n_failed = sum(isinstance(r, FailedImage) for r in records)
+        summary = {"n_images": len(records), "n_failed": n_failed,
+                   "n_anomalous": sum(r.pred_label for r in records if not isinstance(r, FailedImage)),
+                   "threshold": model.threshold_, "out": str(args.out), "engine": "local"}
+    _print_json(summary)
+    raise_for_failures(records, args.out)  # one line: how many failed and where the list is (exit 2)
     return 0
 
 
@@ -340,13 +363,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file to write (default: RES/report.html)")
     report.set_defaults(func=cmd_report)
 
-    pred = sub.add_parser("predict", help="score images and write heat-map overlays")
+    pred = sub.add_parser("predict", help="score images and write heat-map overlays (docs/SCALE.md: --engine ray)")
     pred.add_argument("--run", required=True, help="a fitted model directory or an export directory (deploy.json)")
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pred.add_argument("--weights")
     pred.add_argument("--save-maps", action="store_true", help="also write raw float32 maps (.npy)")
     _add_device_args(pred, precision=False)
     pred.add_argument("--out", required=True)
+    pred.add_argument("--engine", default="local", choices=["local", "ray"],
+                      help="local (this process, default) | ray: a Ray Data actor pool, resumable (pip install "
+                           "'generalad[ray]')")
+    pred.add_argument("--address", help="ray: an existing cluster's address (default: a local cluster of this machine)")
+    pred.add_argument("--workers", type=int, help="ray: actors, each loading the model once (default 2)")
+    pred.add_argument("--gpus-per-worker", type=float,
+                      help="ray: GPU share per actor (default 1 when the cluster has a GPU per actor, 0 without GPUs)")
+    pred.add_argument("--threads", type=int, help="intra-op threads (local: of this process, default all cores; "
+                      "ray: CPUs per actor, default cluster CPUs / workers); rows are identical between engines "
+                      "at equal threads")
+    pred.add_argument("--chunk", type=int, help="images per inference chunk = per ray shard (default the model's: "
+                      "64 torch, 8 export)")
     pred.set_defaults(func=cmd_predict)
 
     from generalad.serve import DEFAULT_HOST, DEFAULT_PORT
