@@ -50,7 +50,7 @@ SHARD_DIR = "shards"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 MAX_ATTEMPTS = 3
-RAY_LOG = "ray-driver.log"  # a quiet run's stderr while Ray runs (Ray's own log lines)
+RAY_LOG = "ray-driver.log"  # a quiet run's stdout + stderr while Ray runs (Ray's own log lines)
 RAY_EXTRA = 'pip install "generalad[ray]"'
 
 
@@ -152,18 +152,28 @@ class ChunkScorer:
 
 
 @contextlib.contextmanager
-def _stderr_to(path: Path):
-    """Point file descriptor 2 (Python's and C++'s stderr) at ``path`` for the block; restored after it."""
+def _ray_output(log: Path | None):
+    """While Ray runs: stdout (file descriptor 1) to stderr, so that the CLI's stdout stays its one JSON line
+    (Ray prints worker deaths and retries there); with ``log``, both to that file (a quiet run: Ray's C++ core
+    logs to the process' stderr too)."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 2)
+    saved = os.dup(1), os.dup(2)
     try:
+        if log is not None:
+            with open(log, "ab") as f:
+                os.dup2(f.fileno(), 1)
+                os.dup2(f.fileno(), 2)
+        else:
+            os.dup2(2, 1)
         yield
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def _sha256_file(path: Path) -> str | None:
@@ -291,9 +301,9 @@ def predict_ray(
                              "gpus_per_worker": None, "seconds": 0.0}
     t0 = time.perf_counter()
     if todo:
-        # Ray's C++ core logs to the process' stderr (one "E" line per actor start: Ray Data keeps actor
-        # constructors in the object store, which only matters if the driver dies); quiet runs keep that in a file
-        with contextlib.nullcontext() if progress else _stderr_to(shards / RAY_LOG):
+        # quiet: Ray's own lines (one "E" line per actor start from the C++ core, as Ray Data keeps actor
+        # constructors in the object store, which only matters if the driver dies) go to a file
+        with _ray_output(None if progress else shards / RAY_LOG):
             stats |= _run_pipeline(
                 todo, shown, opened, size, address=address, workers=workers, threads=threads, gpus=gpus_per_worker,
                 ctor=dict(run=run, weights=weights, device=device, chunk=size, out_dir=str(out),
