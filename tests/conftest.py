@@ -47,3 +47,23 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def bottle(bottle_dir):
+    """The bottle subset as a Dataset (modules that need their own copy define a module-scoped ``bottle``)."""
+    from generalad.data import open_dataset
+
+    return open_dataset(bottle_dir)
+
+
+@pytest.fixture(scope="session")
+def small_run(bottle, tmp_path_factory):
+    """(fitted model, its saved directory): PatchCore on Lite0 at 64 px, fitted on 4 bottle training images —
+    a real, fast model for the deploy and serve tests."""
+    from generalad.methods.patchcore import PatchCore
+
+    model = PatchCore(backbone="efficientnet_lite0", image_size=64, device="cpu", precision="fp32", calibration_min=2)
+    model.fit(bottle.train[:4])
+    return model, model.save(tmp_path_factory.mktemp("run") / "model")
+

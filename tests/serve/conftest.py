@@ -1,26 +1,11 @@
-"""A small real model for the web-app tests: PatchCore on Lite0 at 64 px, fitted on 4 bottle training images."""
+"""The web-app tests' folder and app, around the shared ``small_run`` (tests/conftest.py: PatchCore on Lite0 at 64 px)."""
 
 from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
 
-from generalad.data import open_dataset
-from generalad.methods.patchcore import PatchCore
 from generalad.serve import build_app
-
-
-@pytest.fixture(scope="package")
-def bottle(bottle_dir):
-    return open_dataset(bottle_dir)
-
-
-@pytest.fixture(scope="package")
-def small_run(bottle, tmp_path_factory):
-    """(fitted model, its saved directory)."""
-    model = PatchCore(backbone="efficientnet_lite0", image_size=64, device="cpu", precision="fp32", calibration_min=2)
-    model.fit(bottle.train[:4])
-    return model, model.save(tmp_path_factory.mktemp("run") / "model")
 
 
 @pytest.fixture(scope="package")
