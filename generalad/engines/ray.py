@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from generalad.data import Sample
+from generalad import errors
 from generalad.errors import ConfigError, GeneralADError
 from generalad.io import JsonlWriter, atomic_write_json, atomic_write_text, dumps_json
 from generalad.predict import (
@@ -100,10 +101,17 @@ class ChunkScorer:
                  out_dir: str, display_dir: str, save_maps: bool, overlays: bool,
                  hooks: dict[str, Any] | None = None) -> None:
         self.hooks = dict(hooks or {})
-        self.model = load_predictor(run, weights=weights, device=device, batch_size=chunk, threads=threads)
-        set_chunk_size(self.model, chunk)
-        self.writer = RowWriter(self.model, out_dir, save_maps=save_maps, overlays=overlays, display_dir=display_dir)
         self.shards = Path(out_dir) / SHARD_DIR
+        # a user error (weights missing on this node, say) goes back to the driver as data: Ray Data passes a
+        # worker's exception on as text only, and the CLI owes the user one line
+        self.error: GeneralADError | None = None
+        try:
+            self.model = load_predictor(run, weights=weights, device=device, batch_size=chunk, threads=threads)
+            set_chunk_size(self.model, chunk)
+            self.writer = RowWriter(self.model, out_dir, save_maps=save_maps, overlays=overlays,
+                                    display_dir=display_dir)
+        except GeneralADError as err:
+            self.error = err
         self._mark("init")
 
     def _mark(self, what: str) -> None:
@@ -122,30 +130,37 @@ class ChunkScorer:
         return n
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"start": [], "n": [], "n_failed": [], "seconds": []}
+        out: dict[str, list] = {"start": [], "n": [], "n_failed": [], "seconds": [], "error": [], "error_type": []}
         for start, paths_json in zip(batch["start"], batch["paths"]):
-            start = int(start)
-            shown, opened = json.loads(str(paths_json))
-            self._mark(f"begin-{start}")
-            attempt = self._attempt(start)
-            if self.hooks.get("delay_s"):
-                time.sleep(float(self.hooks["delay_s"]))
-            t0 = time.perf_counter()
-            samples = [Sample(path=p, label=-1, split="predict") for p in opened]
-            if attempt > MAX_ATTEMPTS:
-                why = f"the worker scoring images {start}-{start + len(shown) - 1} died {attempt - 1} times (out of memory?)"
-                rows: list[Any] = [FailedImage(path=p, error=why) for p in shown]
-            else:
-                results = score_chunk(self.model, samples)
-                rows = self.writer.rows(start, samples, results, time.perf_counter() - t0, paths=shown)
-            write_shard(self.shards, start, rows)
-            _attempts_path(self.shards, start).unlink(missing_ok=True)
-            self._mark(f"done-{start}")
-            out["start"].append(start)
-            out["n"].append(len(rows))
-            out["n_failed"].append(sum(isinstance(r, FailedImage) for r in rows))
-            out["seconds"].append(time.perf_counter() - t0)
+            try:
+                n, n_failed, seconds = self._chunk(int(start), str(paths_json))
+                error, kind = "", ""
+            except GeneralADError as err:
+                n, n_failed, seconds, error, kind = 0, 0, 0.0, str(err), type(err).__name__
+            for key, value in zip(out, (int(start), n, n_failed, seconds, error, kind)):
+                out[key].append(value)
         return {k: np.asarray(v) for k, v in out.items()}
+
+    def _chunk(self, start: int, paths_json: str) -> tuple[int, int, float]:
+        if self.error is not None:
+            raise self.error
+        shown, opened = json.loads(paths_json)
+        self._mark(f"begin-{start}")
+        attempt = self._attempt(start)
+        if self.hooks.get("delay_s"):
+            time.sleep(float(self.hooks["delay_s"]))
+        t0 = time.perf_counter()
+        samples = [Sample(path=p, label=-1, split="predict") for p in opened]
+        if attempt > MAX_ATTEMPTS:
+            why = f"the worker scoring images {start}-{start + len(shown) - 1} died {attempt - 1} times (out of memory?)"
+            rows: list[Any] = [FailedImage(path=p, error=why) for p in shown]
+        else:
+            results = score_chunk(self.model, samples)
+            rows = self.writer.rows(start, samples, results, time.perf_counter() - t0, paths=shown)
+        write_shard(self.shards, start, rows)
+        _attempts_path(self.shards, start).unlink(missing_ok=True)
+        self._mark(f"done-{start}")
+        return len(rows), sum(isinstance(r, FailedImage) for r in rows), time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- the driver
@@ -225,23 +240,6 @@ def _placement(ray, workers: int, cpus: int | None, gpus: float | None) -> tuple
     if gpus is None:
         gpus = 0.0 if total_gpus == 0 else (1.0 if total_gpus >= workers else total_gpus / workers)
     return cpus, float(gpus)
-
-
-def _user_error(err: BaseException) -> GeneralADError | None:
-    """The GeneralADError behind a Ray / Ray Data exception, if one caused it."""
-    stack, seen = [err], set()
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, GeneralADError):
-            return cause
-        if isinstance(e, GeneralADError) and type(e).__module__.startswith("generalad"):
-            return e
-        stack += [cause if isinstance(cause, BaseException) else None, e.__cause__, e.__context__]
-    return None
 
 
 def predict_ray(
@@ -357,14 +355,12 @@ def _run_pipeline(todo: list[int], shown: list[str], opened: list[str], size: in
             fn_constructor_kwargs={**ctor, "device": device, "threads": cpus},
         )
         n_failed = 0
-        try:
-            for row in ds.iter_rows():
-                n_failed += int(row["n_failed"])
-        except Exception as err:  # noqa: BLE001 — a user error inside a worker becomes its one line
-            user = _user_error(err)
-            if user is not None:
-                raise user from None
-            raise
+        for row in ds.iter_rows():
+            if row["error"]:  # a user error in a worker: its one line, as the local engine would raise it
+                kind = getattr(errors, str(row["error_type"]), GeneralADError)
+                raise (kind if isinstance(kind, type) and issubclass(kind, GeneralADError) else GeneralADError)(
+                    str(row["error"]))
+            n_failed += int(row["n_failed"])
         return {"workers": n_actors, "cpus_per_worker": cpus, "gpus_per_worker": gpus, "n_failed_run": n_failed}
     finally:
         if started:

@@ -22,7 +22,6 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from generalad import PatchCore, open_dataset  # noqa: E402
 from generalad.cli import main  # noqa: E402
 from generalad.engines.ray import SHARD_DIR, predict_ray, shard_path  # noqa: E402
 from generalad.predict import predict_folder  # noqa: E402
@@ -42,12 +41,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def model_dir(bottle_dir, tmp_path_factory):
-    ds = open_dataset(bottle_dir)
-    model = PatchCore(backbone="efficientnet_lite0", image_size=64, calibration_min=2).fit(ds.train[:4])
-    run = tmp_path_factory.mktemp("pc") / "run"
-    model.save(run)
-    return run, model, ds
+def model_dir(small_pc):
+    return small_pc
 
 
 def _images(ds, root: Path, n: int, broken: int | None = None) -> list[str]:
