@@ -14,7 +14,8 @@ Runs ``generalad predict`` as separate processes on the sorted images of DIR:
                       overlays exist: it must finish with every image once, rows and overlays as in (2).
 
 For each: wall time, images/s end to end (images / wall), scoring images/s (overlays written per second
-between the first and the last one: start-up excluded) and peak memory of the whole process tree, sampled
+between the first and the last one: start-up excluded; ``first_overlay_s``: start-up plus the first chunk) and
+peak memory of the whole process tree, sampled
 every 0.25 s — PSS (shared pages split between processes) and the largest single process' RSS. Rows are
 compared on every field but ``latency_ms``; overlays byte for byte. Prints a table and the CPU model
 (``lscpu``); writes OUT/results.json.
@@ -136,7 +137,9 @@ def run_predict(name: str, argv: list[str], out: Path, n_images: int, kill_at: i
     rate = mon.scoring_rate()
     rec = {"name": name, "argv": argv, "returncode": proc.returncode, "stderr": stderr.strip()[-500:],
            "wall_s": round(wall, 2), "images_per_s_end_to_end": round(n_images / wall, 3),
-           "images_per_s_scoring": round(rate, 3) if rate else None, "peak_pss_mb": round(mon.peak_pss_mb),
+           "images_per_s_scoring": round(rate, 3) if rate else None,
+           "first_overlay_s": round(mon.first_t - t0, 2) if mon.first_t is not None else None,
+           "peak_pss_mb": round(mon.peak_pss_mb),
            "peak_process_rss_mb": round(mon.peak_proc_rss_mb), "summary": summary, "killed": mon.killed}
     print(f"{name}: {rec['wall_s']} s, {rec['images_per_s_end_to_end']} img/s end to end, "
           f"{rec['images_per_s_scoring']} img/s scoring, peak PSS {rec['peak_pss_mb']} MB", flush=True)
@@ -189,8 +192,8 @@ def main() -> None:
     reference = out / "local-1thread"
     checks = {r["name"]: compare(reference, out / r["name"]) for r in runs if r["name"] != "local-1thread"}
 
-    print(f"\n| engine | threads / worker | wall s | images/s end to end | images/s scoring | peak PSS MB (tree) | "
-          f"largest process RSS MB | rows vs local --threads 1 |")
+    print("\n| engine | threads / worker | wall s | images/s end to end | images/s scoring | peak PSS MB (tree) | "
+          "largest process RSS MB | rows vs local --threads 1 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in runs:
         c = checks.get(r["name"])

@@ -304,7 +304,8 @@ def predict_ray(
         with _ray_output(None if progress else shards / RAY_LOG):
             stats |= _run_pipeline(
                 todo, shown, opened, size, address=address, workers=workers, threads=threads, gpus=gpus_per_worker,
-                ctor=dict(run=run, weights=weights, device=device, chunk=size, out_dir=str(out),
+                ctor=dict(run=str(Path(run).resolve()), weights=str(Path(weights).resolve()) if weights else None,
+                          device=device, chunk=size, out_dir=str(out),
                           display_dir=display_dir, save_maps=save_maps, overlays=overlays, hooks=hooks),
                 progress=progress)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
