@@ -1,6 +1,6 @@
 """The local predict engine: an unreadable file becomes an error row, every other image is scored (issue 19).
 
-Real bottle images and a small real PatchCore (4 training images, 64 px); chunks of 2 so that a run has
+Real bottle images and the suite's small real PatchCore (4 training images, 64 px); chunks of 2 so that a run has
 good chunks and a salvaged one.
 """
 
@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from generalad import PatchCore, open_dataset
 from generalad.cli import main
 from generalad.data import Sample
 from generalad.errors import InputError
@@ -23,12 +22,10 @@ from generalad.report import COLUMNS
 
 
 @pytest.fixture(scope="module")
-def model_dir(bottle_dir, tmp_path_factory):
-    ds = open_dataset(bottle_dir)
-    model = PatchCore(backbone="efficientnet_lite0", image_size=64, calibration_min=2).fit(ds.train[:4])
-    run = tmp_path_factory.mktemp("pc") / "run"
-    model.save(run)
-    return run, model, ds
+def model_dir(small_run, bottle):
+    """The suite's shared small PatchCore (tests/conftest.py): (run directory, model, bottle dataset)."""
+    model, run = small_run
+    return run, model, bottle
 
 
 @pytest.fixture(scope="module")
