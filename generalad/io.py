@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -125,6 +126,25 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Pat
     with atomic_open(path, "w", encoding=encoding) as f:
         f.write(text)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- hashing
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Streamed sha256 of a file, remembered per (path, mtime, size) for this process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with p.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
 
 
 # --------------------------------------------------------------------------- JSON

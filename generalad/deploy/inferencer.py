@@ -12,7 +12,6 @@ torch model, so ``generalad predict --run EXPORT_DIR`` writes the same files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -28,20 +27,13 @@ from generalad.data.sample import Sample
 from generalad.deploy.preprocess import resize_map, to_batch
 from generalad.deploy.runtime import RUNTIMES
 from generalad.errors import ConfigError, InputError
+from generalad.io import sha256_file
 
 META_FILE = "deploy.json"
 FORMAT_VERSION = 1
 GRAPH_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
 # deploy.json keys the graph's own metadata must repeat exactly (a graph swapped under a deploy.json is refused)
 CHECKED_KEYS = ("model", "backbone", "weights_sha256", "image_size", "input", "threshold", "pixel_threshold")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_deploy_meta(directory: str | Path) -> dict[str, Any]:
@@ -95,7 +87,7 @@ class Inferencer:
             raise InputError(f"exported model {self.directory} has no graph file {graph.name}: copy the whole directory")
         if self.meta["format"] == "openvino" and not graph.with_suffix(".bin").is_file():
             raise InputError(f"exported model {self.directory} has no {graph.with_suffix('.bin').name} beside {graph.name}")
-        actual = sha256_of(graph)
+        actual = sha256_file(graph)
         if actual != self.meta["graph_sha256"]:
             raise InputError(f"{graph} has sha256 {actual[:12]}…, {META_FILE} says {self.meta['graph_sha256'][:12]}…: "
                              "the graph was modified or belongs to another export")

@@ -26,7 +26,6 @@ Inputs and ``OUT`` must be paths every node can read and write (one machine, or 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sys
 import json
 import logging
@@ -41,7 +40,7 @@ import numpy as np
 from generalad.data import Sample
 from generalad import errors
 from generalad.errors import ConfigError, GeneralADError
-from generalad.io import JsonlWriter, atomic_write_json, atomic_write_text, dumps_json
+from generalad.io import JsonlWriter, atomic_write_json, atomic_write_text, dumps_json, sha256_file
 from generalad.predict import (
     ERROR_COLUMN, FailedImage, RowWriter, chunk_size, load_predictor, record_of, score_chunk, set_chunk_size,
     write_prediction_files,
@@ -194,7 +193,7 @@ def _ray_output(log: Path | None):
 def _sha256_file(path: Path) -> str | None:
     if not path.is_file():
         return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)  # streamed (a graph can be hundreds of MB)
 
 
 def fingerprint(model: Any, run: str, *, chunk: int, save_maps: bool, overlays: bool, weights: str | None,

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from generalad import __version__
-from generalad.deploy.inferencer import CHECKED_KEYS, FORMAT_VERSION, GRAPH_FILES, META_FILE, check_runtime_choice, sha256_of
+from generalad.deploy.inferencer import CHECKED_KEYS, FORMAT_VERSION, GRAPH_FILES, META_FILE, check_runtime_choice
 from generalad.deploy.runtime import GRAPH_META_KEY, RUNTIMES
 from generalad.errors import ConfigError
-from generalad.io import AtomicDir, atomic_write_json, to_jsonable
+from generalad.io import AtomicDir, atomic_write_json, sha256_file, to_jsonable
 
 OPSET = 18
 CHECK_BATCH = 2  # images in the post-export comparison (a batch > 1 exercises the dynamic batch axis)
@@ -114,7 +114,7 @@ def export_model(model, out_dir: str | Path, *, fmt: str = "onnx", source_run: s
             graph = tmp / GRAPH_FILES["openvino"]
             _to_openvino(onnx_path, graph, inside)
             onnx_path.unlink()
-        meta["graph"], meta["graph_sha256"] = graph.name, sha256_of(graph)
+        meta["graph"], meta["graph_sha256"] = graph.name, sha256_file(graph)
         meta["export_check"] = _check(module, example, RUNTIMES[fmt](graph))
         atomic_write_json(tmp / META_FILE, meta)
     return out

@@ -63,12 +63,12 @@ def test_truncated_graph_is_caught_by_its_hash(copy):
 
 
 def test_truncated_graph_with_matching_hash_fails_to_load(copy):
-    from generalad.deploy.inferencer import sha256_of
+    from generalad.io import sha256_file
 
     data = (copy / "model.onnx").read_bytes()
     (copy / "model.onnx").write_bytes(data[: len(data) // 2])
     meta = json.loads((copy / "deploy.json").read_text())
-    meta["graph_sha256"] = sha256_of(copy / "model.onnx")
+    meta["graph_sha256"] = sha256_file(copy / "model.onnx")
     (copy / "deploy.json").write_text(json.dumps(meta))
     with pytest.raises(InputError) as err:
         Inferencer(copy)
