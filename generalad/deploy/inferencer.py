@@ -78,6 +78,7 @@ class Inferencer:
         inp = self.meta["input"]
         self.size = (int(inp["size"][0]), int(inp["size"][1]))
         self.mean, self.std = inp["mean"], inp["std"]
+        self.draft = self.size if inp.get("jpeg_draft") else None  # JPEG decode scale, as the model was fitted
         self.calibration_ = Calibration.from_dict(self.meta["calibration"])
         self.pixel_calibration_ = PixelCalibration.from_dict(self.meta["pixel_calibration"])
 
@@ -149,10 +150,8 @@ class Inferencer:
         if not chunks:
             return
 
-        draft = self.size if self.meta["input"].get("jpeg_draft") else None
-
         def load(chunk: Sequence[Sample]) -> np.ndarray:
-            return self.preprocess([read_image(s, draft=draft) for s in chunk])
+            return self.preprocess([read_image(s, draft=self.draft) for s in chunk])
 
         # decode + resize the next batch in a thread while the runtime works on this one (Pillow, numpy's
         # matrix products and both runtimes release the GIL)
@@ -178,8 +177,7 @@ class Inferencer:
         if isinstance(image, np.ndarray):
             decoded, path, hw = read_image(image), "<array>", tuple(np.asarray(image).shape[:2])
         elif isinstance(image, (str, Path)):
-            draft = self.size if self.meta["input"].get("jpeg_draft") else None
-            decoded, path = read_image(str(image), draft=draft), str(image)
+            decoded, path = read_image(str(image), draft=self.draft), str(image)
             hw = image_hw(path)  # the file's own size (a drafted JPEG decodes smaller)
         else:
             raise InputError(f"predict takes an image path or a numpy array, got {type(image).__name__}")
