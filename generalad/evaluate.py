@@ -21,6 +21,7 @@ from generalad.io import atomic_write_json
 from generalad.methods.base import AnomalyModel
 from generalad.metrics import (
     PixelMetrics,
+    PixelMetricsByType,
     SPROMetrics,
     image_metrics,
     resize_for_eval,
@@ -82,6 +83,7 @@ def evaluate(
     """
     test, excluded = leak_free(model, test)
     pixel = PixelMetrics(eval_size) if has_masks else None
+    by_type = PixelMetricsByType() if has_masks else None
     spro = LocoSPRO(defects) if has_masks and defects else None
     desc = model.describe()
     records: list[Prediction] = []
@@ -92,7 +94,7 @@ def evaluate(
         scores_all.append(scores)
         worst.update(chunk, scores, maps)
         if pixel is not None:
-            _update_pixels(pixel, spro, chunk, maps, eval_size)
+            _update_pixels(pixel, spro, chunk, maps, eval_size, by_type)
         records.extend(_records(model, desc, chunk, scores))
     seconds = time.perf_counter() - t0
     scores = np.concatenate(scores_all) if scores_all else np.zeros(0)
@@ -114,7 +116,8 @@ def evaluate(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threshold": model.threshold_,
         "at_threshold": threshold_metrics(scores, labels, model.threshold_),
-        "per_defect_type": per_defect_type(scores, labels, types, model.threshold_),
+        "per_defect_type": _with_pixel_metrics(per_defect_type(scores, labels, types, model.threshold_), by_type),
+        **({"per_defect_type_pixels": by_type.describe()} if by_type is not None else {}),
         "calibration": model.calibration_.to_dict(),
         "evaluation_resolution": list(eval_size) if eval_size else "native",
         **({"spro": spro.describe()} if spro is not None else {}),
@@ -190,8 +193,17 @@ class LocoSPRO:
         }
 
 
+def _with_pixel_metrics(per_type: dict[str, dict[str, Any]], by_type: PixelMetricsByType | None) -> dict:
+    """Add each defect type's pixel AUROC / AP / AUPRO (``PixelMetricsByType``) to its image-level entry."""
+    for kind, values in (by_type.compute() if by_type is not None else {}).items():
+        if kind in per_type:
+            per_type[kind].update(values)
+    return per_type
+
+
 def _update_pixels(
-    pixel: PixelMetrics, spro: LocoSPRO | None, chunk: Sequence[Sample], maps: torch.Tensor, eval_size
+    pixel: PixelMetrics, spro: LocoSPRO | None, chunk: Sequence[Sample], maps: torch.Tensor, eval_size,
+    by_type: PixelMetricsByType | None = None,
 ) -> None:
     """Maps bilinear and masks nearest to the evaluation size (None = each mask's native size)."""
     for sample, amap in zip(chunk, maps):
@@ -203,6 +215,8 @@ def _update_pixels(
             mask = defect_masks.any(axis=0)
         m, g = resize_for_eval(amap.numpy(), mask, tuple(mask.shape) if eval_size is None else eval_size)
         pixel.update(m[None], g[None])
+        if by_type is not None:
+            by_type.update(amap.numpy(), mask, sample.defect_type if sample.label == 1 else None)
         if spro is not None:
             spro.update(sample, m, defect_masks, entries, hw)
 

@@ -6,7 +6,7 @@ Undefined metrics (one class only) are NaN, never an exception.
 
 from generalad.metrics.aupro import aupro
 from generalad.metrics.image import average_precision, f1_max, image_auroc, image_metrics, threshold_metrics
-from generalad.metrics.pixel import PixelMetrics, resize_for_eval, resize_masks
+from generalad.metrics.pixel import PixelMetrics, PixelMetricsByType, resize_for_eval, resize_masks
 from generalad.metrics.spro import SPROMetrics, saturation_area
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "f1_max",
     "threshold_metrics",
     "PixelMetrics",
+    "PixelMetricsByType",
     "aupro",
     "resize_for_eval",
     "resize_masks",

@@ -189,3 +189,58 @@ class PixelMetrics:
                 "pixel_aupro": b.get(("area", self.fpr_limit), nan),
             }
         return info
+
+
+class PixelMetricsByType:
+    """Pixel AUROC / AP / AUPRO per defect type: that type's images against every normal image.
+
+    The pooled pixel metrics weigh defect types by their defect *area*: on magnetic tile one type whose masks
+    cover a quarter of each image holds ~70 % of all defect pixels and decides the pooled AUROC alone. This
+    breaks it down. Each image's map (bilinear) and mask (nearest) are kept at ``size`` (default 128×128:
+    80 KB per image), so it stops (``compute()`` returns {} and ``describe()`` says why) beyond
+    ``max_images`` (default 2,048 ≈ 160 MB) rather than grow without bound. Exact (``PixelMetrics`` on the
+    kept pixels), but at ``size``, not at the pooled metrics' evaluation size: compare types with each
+    other, not with the pooled numbers.
+    """
+
+    def __init__(self, size: tuple[int, int] = (128, 128), max_images: int = 2048) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.max_images = int(max_images)
+        self._maps: list[np.ndarray] = []
+        self._masks: list[np.ndarray] = []
+        self._types: list[str | None] = []  # None = a normal image
+        self.overflow = False
+
+    def update(self, anomaly_map: Any, mask: Any | None, defect_type: str | None) -> None:
+        """One image: its map (H, W), its mask (H', W') or None, its defect type (None for a normal image)."""
+        if self.overflow:
+            return
+        if len(self._types) >= self.max_images:
+            self.overflow = True
+            self._maps, self._masks, self._types = [], [], []
+            return
+        m, g = resize_for_eval(anomaly_map, mask, self.size)
+        self._maps.append(m)
+        self._masks.append(g)
+        self._types.append(defect_type)
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """``{type: {"pixel_auroc", "pixel_ap", "pixel_aupro"}}`` for every defect type seen (F1-max left out:
+        an oracle threshold per type says little)."""
+        if self.overflow or not self._types:
+            return {}
+        maps, masks = np.stack(self._maps), np.stack(self._masks)
+        types = np.array(["" if t is None else t for t in self._types], dtype=object)
+        normal = types == ""
+        out: dict[str, dict[str, float]] = {}
+        for kind in sorted(set(types[~normal])):
+            sel = normal | (types == kind)
+            pm = PixelMetrics(self.size).update(maps[sel], masks[sel])
+            values = pm.compute()
+            out[str(kind)] = {k: values[k] for k in ("pixel_auroc", "pixel_ap", "pixel_aupro")}
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        if self.overflow:
+            return {"skipped": f"more than {self.max_images} test images"}
+        return {"eval_size": list(self.size), "rule": "each defect type's images against every normal test image"}

@@ -176,9 +176,15 @@ def defect_table(m: Mapping[str, Any]) -> str:
     per = m.get("per_defect_type")
     if not per:
         return "<p class='note'>No per-defect-type numbers in metrics.json (written by generalad test since issue 18).</p>"
-    rows = [(esc(k), esc(v["n"]), pct(v["image_auroc"]), pct(v["detected"])) for k, v in per.items()]
-    return table(["defect type", "images", "image AUROC vs all good, %", "detected at threshold, %"], rows,
-                 [False, True, True, True])
+    pixels = any("pixel_auroc" in v for v in per.values())  # test sets with masks (metrics.json since issue 15)
+    pixel_keys = ("pixel_auroc", "pixel_ap", "pixel_aupro") if pixels else ()
+    rows = [(esc(k), esc(v["n"]), pct(v["image_auroc"]), pct(v["detected"]), *(pct(v.get(p)) for p in pixel_keys))
+            for k, v in per.items()]
+    size = m.get("per_defect_type_pixels", {}).get("eval_size")
+    at = f" at {size[0]}×{size[1]}" if size else ""
+    head = ["defect type", "images", "image AUROC vs all good, %", "detected at threshold, %",
+            *([f"pixel AUROC{at}, %", "pixel AP, %", "pixel AUPRO, %"] if pixels else [])]
+    return table(head, rows, [False] + [True] * (len(head) - 1))
 
 
 def gallery(res: Results) -> str:

@@ -172,3 +172,40 @@ def test_binned_equals_exact_when_bins_separate_all_scores() -> None:
         assert pm.compute() == pytest.approx(exact, abs=1e-12)
     # every bin holds one distinct score (real ties only): the bound knows it is exact, no warning
     assert all(v == 0.0 for v in pm.describe()["max_abs_error"].values())
+
+
+def test_by_type_compares_each_type_with_every_normal_image_only() -> None:
+    from generalad.metrics import PixelMetricsByType
+
+    rng = np.random.default_rng(0)
+    by_type = PixelMetricsByType(size=(16, 16))
+    kept: dict[str | None, list[tuple[np.ndarray, np.ndarray]]] = {None: [], "big": [], "small": []}
+    for kind in [None] * 4 + ["big"] * 3 + ["small"] * 3:
+        amap = rng.normal(size=(16, 16)).astype(np.float32)
+        mask = np.zeros((16, 16), dtype=bool)
+        if kind == "big":  # found: the map is high on the defect
+            mask[:8] = True
+            amap[:8] += 2.0
+        elif kind == "small":  # missed: the map ignores it
+            mask[3:5, 3:5] = True
+        by_type.update(amap, None if kind is None else mask, kind)
+        kept[kind].append((amap, mask))
+    got = by_type.compute()
+    assert sorted(got) == ["big", "small"]
+    for kind in ("big", "small"):
+        pairs = kept[None] + kept[kind]
+        scores = np.concatenate([a.ravel() for a, _ in pairs])
+        truth = np.concatenate([m.ravel() for _, m in pairs])
+        assert got[kind]["pixel_auroc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-9)
+        assert got[kind]["pixel_ap"] == pytest.approx(average_precision_score(truth, scores), abs=1e-9)
+    assert got["big"]["pixel_auroc"] > 0.9 > 0.7 > got["small"]["pixel_auroc"]
+    assert by_type.describe()["eval_size"] == [16, 16]
+
+
+def test_by_type_stops_instead_of_growing_past_its_image_budget() -> None:
+    from generalad.metrics import PixelMetricsByType
+
+    by_type = PixelMetricsByType(size=(8, 8), max_images=2)
+    for kind in (None, "a", "a"):
+        by_type.update(np.zeros((8, 8), np.float32), None, kind)
+    assert by_type.compute() == {} and "skipped" in by_type.describe()

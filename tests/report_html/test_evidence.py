@@ -66,6 +66,24 @@ def test_per_defect_type_auroc_and_detection_rate(tile_res, tile_test):
         assert entry["detected"] == pytest.approx(np.mean(np.array(mine) > metrics["threshold"]))
 
 
+def test_per_defect_type_pixel_metrics_of_a_real_test(tile_res, tile_model, tile_test):
+    """Each type's pixel AUROC = that type's images against every good image, recomputed here at 128x128."""
+    from generalad.data import image_hw, read_mask
+    from generalad.metrics import resize_for_eval
+
+    _, metrics = tile_res
+    maps = dict(zip([s.path for s in tile_test], tile_model.anomaly_maps(tile_test)))
+    kept = {s.path: resize_for_eval(maps[s.path], read_mask(s, image_hw(s)), (128, 128)) for s in tile_test}
+    good = [kept[s.path] for s in tile_test if s.label == 0]
+    assert metrics["per_defect_type_pixels"]["eval_size"] == [128, 128]
+    for kind, entry in metrics["per_defect_type"].items():
+        pairs = good + [kept[s.path] for s in tile_test if s.defect_type == kind]
+        truth = np.concatenate([g.ravel() for _, g in pairs])
+        expected = roc_auc_score(truth, np.concatenate([m.ravel() for m, _ in pairs]))
+        assert entry["pixel_auroc"] == pytest.approx(expected, abs=1e-6), kind
+        assert 0 < entry["pixel_ap"] <= 1 and 0 <= entry["pixel_aupro"] <= 1
+
+
 def test_gallery_holds_exactly_the_worst_mistakes_at_the_threshold(tile_res):
     res, metrics = tile_res
     preds, evidence = _read(res)
