@@ -103,20 +103,50 @@ def _print_json(obj: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------- commands
-def cmd_fit(args: argparse.Namespace) -> int:
-    from generalad.methods import get_method
+def _fit_model(args: argparse.Namespace, model, progress: bool):
     from generalad.pipeline import fit_on, open_training
 
-    cls = get_method(args.model)
-    model = cls(**_overrides(args, cls.Config))
     run = open_training(
         args.data, category=args.category, normal_class=args.normal_class, split=args.split or "official",
         contaminate_n=args.contaminate or 0, exclude=args.exclude, shots=args.shots, shots_mode=args.shots_mode,
         seed=args.seed or 0,
     )
-    fit_on(model, run, select_on_test=args.select_on_test, progress=not args.quiet)
+    return fit_on(model, run, select_on_test=args.select_on_test, progress=progress)
+
+
+def _save_fitted(args: argparse.Namespace, model) -> None:
     model.save(args.out, bundle_backbone=args.bundle_backbone)
     _print_json({"run": str(args.out), **model.describe(), **model.fit_info_, "threshold": model.threshold_})
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from generalad.methods import get_method
+
+    if args.dist_backend and not args.distributed:
+        raise ConfigError("--dist-backend applies to --distributed")
+    if args.distributed:
+        return _fit_distributed(args)
+    cls = get_method(args.model)
+    model = cls(**_overrides(args, cls.Config))
+    _fit_model(args, model, progress=not args.quiet)
+    _save_fitted(args, model)
+    return 0
+
+
+def _fit_distributed(args: argparse.Namespace) -> int:
+    """``fit --distributed`` under torchrun (docs/SCALE.md §8): every rank fits (features sharded, gradients
+    summed), rank 0 alone writes the run directory and prints the summary; the others wait for it."""
+    from generalad import distributed
+    from generalad.methods import get_method
+
+    distributed.torchrun_env()  # one line, before anything is loaded, when not started by torchrun
+    cls = get_method(args.model)
+    model = cls(**_overrides(args, cls.Config))
+    with distributed.session(model.device, args.dist_backend) as group:
+        if model.device.type == "cuda":  # one GPU per rank
+            model.set_params(device=str(distributed.rank_device(model.device, group)))
+        _fit_model(args, model, progress=not args.quiet and group.is_main)
+        distributed.run_on_main(group, lambda: _save_fitted(args, model))
     return 0
 
 
@@ -343,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="YAML file of model options")
     fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="any model option, e.g. --set map_sigma=8")
     fit.add_argument("--out", required=True, help="run directory to write (config.json + model.safetensors)")
+    fit.add_argument("--distributed", action="store_true",
+                     help="data-parallel training, one process per rank: run under 'torchrun --nproc-per-node N -m "
+                          "generalad.cli fit ... --distributed' (docs/SCALE.md); the same model as one process")
+    fit.add_argument("--dist-backend",
+                     help="--distributed: gloo | nccl, the collective backend (default: nccl on CUDA, gloo on the CPU)")
     fit.add_argument("--bundle-backbone", action="store_true",
                      help="also write the backbone weights into the run directory (backbone.safetensors, sha256 "
                           "checked on load): the directory then loads anywhere without the original weights file")

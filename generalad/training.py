@@ -10,6 +10,12 @@ loop zeroes gradients before and steps the optimiser after.
 
 Same inputs, config and device → bit-identical weights and history (the seeds fix everything; the order in
 which the loop draws random numbers is part of that contract and must not change).
+
+Under ``torchrun`` (``generalad fit --distributed``, a ``generalad.distributed`` session with several ranks) the
+same loop runs on every rank: the same seeded permutation and global batches; each rank's step computes its
+contiguous rows of each batch (``distributed.current_shard``) and returns its share of the global loss;
+gradients are summed over ranks before the optimiser step; BatchNorm layers are synchronised during training;
+the history holds the global losses (summed over ranks), identical on every rank. docs/SCALE.md §8.
 """
 
 from __future__ import annotations
@@ -23,9 +29,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from generalad import distributed
 from generalad.errors import ConfigError
 
-#: step(model, batch_indices (B,) int64 CPU) -> (loss: detached scalar tensor, terms: {name: detached scalar})
+#: step(model, batch_indices (b,) int64 CPU) -> (loss: detached scalar tensor, terms: {name: detached scalar}).
+#: The indices are this process's rows of the global batch (all of it in one process); with several ranks
+#: the loss and terms are this rank's additive shares and the step back-propagates the share
+#: (``distributed.current_shard(idx)`` gives the global batch, the rows and ``fraction``).
 StepFn = Callable[[torch.nn.Module, torch.Tensor], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 #: validate(model in eval mode) -> a loss to minimise (lower = better)
 ValidateFn = Callable[[torch.nn.Module], float]
@@ -143,6 +153,10 @@ def train_loop(
     with torch.random.fork_rng(devices=_rng_devices(device)):
         torch.manual_seed(config.seed)  # the global RNG: parameter init and dropout masks
         model = build().to(device)
+        group = distributed.parallel()
+        if group is not None:  # synchronised BatchNorm, and rank 0's initial weights (equal anyway: same seed)
+            model = distributed.convert_batchnorm(model)
+            distributed.broadcast_module(model, group)
         order_gen = torch.Generator(device="cpu")
         order_gen.manual_seed(int(config.seed))  # the data order
         optimizer = _optimizer(model.parameters(), config)
@@ -158,7 +172,11 @@ def train_loop(
             steps = 0
             for idx in _batches(order, batch, config.drop_last):
                 optimizer.zero_grad(set_to_none=True)
-                loss, terms = step(model, idx)
+                shard = distributed.shard_batch(idx)
+                with distributed.step_scope(shard):
+                    loss, terms = step(model, shard.local)
+                if group is not None:
+                    distributed.all_reduce_grads(model, group)
                 optimizer.step()
                 loss_sum += loss.detach()  # accumulated on the device: no host sync per step
                 for k, v in terms.items():
@@ -166,6 +184,10 @@ def train_loop(
                 steps += 1
             if scheduler is not None:
                 scheduler.step()
+            if group is not None:  # the global epoch loss: the sum of the ranks' shares, one collective
+                term_sums = {k: torch.as_tensor(v, dtype=torch.float32, device=device).clone()
+                             for k, v in term_sums.items()}
+                distributed.all_reduce_sum_([loss_sum, *term_sums.values()], group)
             record: dict[str, Any] = {
                 "epoch": epoch, "loss": float(loss_sum) / max(steps, 1),
                 "terms": {k: float(v) / max(steps, 1) for k, v in term_sums.items()},
@@ -192,6 +214,8 @@ def train_loop(
             if stop:
                 break
         bar.close()
+        if group is not None:
+            model = distributed.revert_batchnorm(model)
     if best_state is not None:
         model.load_state_dict(best_state)
         history[best_epoch]["selected"] = True

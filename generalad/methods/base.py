@@ -210,6 +210,16 @@ class AnomalyModel:
 
     def extract(self, samples: Sequence[Sample], *, progress: bool = False, use_cache: bool = True):
         """Frozen features of ``samples`` (a ``FeatureSet`` of float32 CPU tensors), cached when asked."""
+        from generalad import distributed
+
+        group = distributed.parallel()
+        if group is not None:  # torchrun: each rank extracts whole batches of its slice, then all ranks gather
+            return distributed.gather_features(lambda part: self._extract_here(part, progress, use_cache),
+                                               list(samples), self.config.batch_size, group)
+        return self._extract_here(samples, progress, use_cache)
+
+    def _extract_here(self, samples: Sequence[Sample], progress: bool, use_cache: bool):
+        """``extract`` in this process only (no sharding)."""
         from generalad.backbones import extract_features
 
         return extract_features(
@@ -314,6 +324,10 @@ class AnomalyModel:
             "seconds_total": round(time.perf_counter() - t0, 3),
             **self.method_stats_,
         }
+        from generalad import distributed
+
+        if distributed.active() is not None:  # stamped: trained by several processes (docs/SCALE.md §8)
+            self.fit_info_["distributed"] = distributed.active().stamp()
         return self
 
     def _extract_held(self, held: Sequence[Sample], progress: bool):

@@ -21,6 +21,7 @@ from torch import nn
 
 from generalad.backbones.base import Backbone, Features
 from generalad.data import Sample
+from generalad.distributed import current_shard, functional_share
 from generalad.errors import ConfigError, InputError
 from generalad.methods.anomalyhybrid.config import AnomalyHybridConfig
 from generalad.methods.anomalyhybrid.detector import DiscriminativeUNet, focal_loss, pooled_max, score_window
@@ -185,15 +186,18 @@ class AnomalyHybrid(AnomalyModel):
         from generalad.device import autocast
 
         def step(model: nn.Module, idx: torch.Tensor):
+            # draws for the whole global batch, then this rank's rows (all of them in one process; docs/SCALE.md §8)
+            shard = current_shard(idx)
+            size = shard.size
+            anomalous = shard.take(torch.rand(size, generator=draw) < 0.5)
+            n_pick = shard.take(torch.randint(0, normals.shape[0], (size,), generator=draw))
+            g_pick = shard.take(torch.randint(0, gen_images.shape[0], (size,), generator=draw))
             b = idx.numel()
-            anomalous = torch.rand(b, generator=draw) < 0.5
-            n_pick = torch.randint(0, normals.shape[0], (b,), generator=draw)
-            g_pick = torch.randint(0, gen_images.shape[0], (b,), generator=draw)
             x = torch.where(anomalous.view(b, 1, 1, 1), gen_images[g_pick], normals[n_pick]).to(device)
             m = (gen_masks[g_pick] * anomalous.view(b, 1, 1, 1).float()).to(device)
             with autocast(device, precision):
                 logits = model(x)
-            loss = focal_loss(logits.float(), m)
+            loss = functional_share(focal_loss(logits.float(), m), shard)
             loss.backward()
             return loss.detach(), {}
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from generalad import distributed
 from generalad.device import autocast
 from generalad.methods.anomalyhybrid.augment import PairConfig, make_pairs
 from generalad.methods.anomalyhybrid.generator import STRUCTURE_CHANNEL, HybridGenerator, PatchDiscriminator
@@ -63,10 +64,11 @@ def perceptual_network(name: str, weights: str | None) -> Perceptual:
     return Perceptual(create_backbone(name, weights=weights, layers=list(PERCEPTUAL_LAYERS)))
 
 
-def _balanced_bce(fusion: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+def _balanced_bce(fusion: torch.Tensor, changed: torch.Tensor, fraction: torch.Tensor | None = None) -> torch.Tensor:
     """BCE(M, changed) with the changed pixels weighted (1 − f) / f (f = their fraction in the batch, weight ≤ 20):
-    changes cover a few % of a pair, and an unweighted loss is minimised by M ≈ 0 everywhere."""
-    f = changed.mean().clamp(1e-3, 1 - 1e-3)
+    changes cover a few % of a pair, and an unweighted loss is minimised by M ≈ 0 everywhere. ``fraction``: f
+    of the global batch when these are one rank's rows of it (docs/SCALE.md §8)."""
+    f = (changed.mean() if fraction is None else fraction).clamp(1e-3, 1 - 1e-3)
     weight = 1 + changed * ((1 - f) / f).clamp(max=20.0) - changed
     return F.binary_cross_entropy(fusion.clamp(1e-6, 1 - 1e-6), changed, weight=weight)
 
@@ -110,18 +112,27 @@ def train_generator(
         sums: dict[str, float] = {}
         start, order, pos = time.perf_counter(), torch.randperm(n, generator=rng), 0
         bar = tqdm(range(steps), desc="generator", unit="step", disable=None if progress else True)
+        group = distributed.parallel()
+        if group is not None:  # rank 0's initial weights (equal anyway: same seed)
+            distributed.broadcast_module(gen, group)
+            distributed.broadcast_module(discs, group)
         gen.train()
         for step in bar:
             if pos + batch > n:
                 order, pos = torch.randperm(n, generator=rng), 0
             idx, pos = order[pos : pos + batch], pos + batch
+            # the whole global batch's pairs on every rank (same augmentation draws as one process), then the rows
             pairs = make_pairs(stack[idx].float(), rng, pair_config)
-            terms = _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device, precision)
+            shard = distributed.shard_batch(idx)
+            terms = _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device, precision,
+                          shard=None if shard.whole else shard)
             for s in scheds:
                 s.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             if (step + 1) % log_every == 0 or step + 1 == steps:
+                if group is not None:  # the logged terms: sums of the ranks' shares = the global ones
+                    sums = _summed_over_ranks(sums, group)
                 count = (step % log_every) + 1
                 history.append({"step": step + 1, **{k: round(v / count, 5) for k, v in sums.items()},
                                 "seconds": round(time.perf_counter() - start, 2)})
@@ -132,7 +143,25 @@ def train_generator(
     return gen, history
 
 
-def _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device, precision) -> dict[str, float]:
+def _summed_over_ranks(sums: dict[str, float], group) -> dict[str, float]:
+    values = torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64)
+    distributed.all_reduce_sum_([values], group)
+    return dict(zip(sorted(sums), values.tolist()))
+
+
+def _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device, precision,
+          shard: distributed.BatchShard | None = None) -> dict[str, float]:
+    """One D and one G update on ``pairs``. ``shard`` (a torchrun rank, docs/SCALE.md §8): ``pairs`` is the whole
+    global batch; this rank computes its rows, every loss and term is its additive share of the global one,
+    and gradients are summed over ranks before each optimiser step."""
+    changed_all = pairs["changed"].to(device)
+    scale, fraction = 1.0, None
+    inside = changed_all.sum().clamp_min(1)
+    outside = (1 - changed_all).sum().clamp_min(1)
+    if shard is not None:
+        scale, fraction = shard.fraction, changed_all.mean()
+        pairs = {k: shard.take(v) for k, v in pairs.items() if k in ("reference", "target", "changed")}
+    group = distributed.parallel() if shard is not None else None
     ref_rgb, ref_struct = _split(pairs["reference"].to(device))
     gt, tgt_struct = _split(pairs["target"].to(device))
     changed = pairs["changed"].to(device)
@@ -145,25 +174,26 @@ def _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device
         t = tgt_struct[:, STRUCTURE_CHANNEL[k] : STRUCTURE_CHANNEL[k] + 1]
         with autocast(device, precision):
             real, fake = discs[k](gt, t), discs[k](out[k]["image"].detach(), t)
-        d_loss = d_loss + F.relu(1 - real.float()).mean() + F.relu(1 + fake.float()).mean()
+        d_loss = d_loss + (F.relu(1 - real.float()).mean() + F.relu(1 + fake.float()).mean()) * scale
     d_loss.backward()
+    if group is not None:
+        distributed.all_reduce_grads(discs, group)
     opt_d.step()
     # generator
     opt_g.zero_grad(set_to_none=True)
     terms = {"gan": 0.0, "l1": 0.0, "l1_generated": 0.0, "perceptual": 0.0, "mask_bce": 0.0, "fusion": 0.0,
              "fusion_in": 0.0, "fusion_out": 0.0}
     g_loss = torch.zeros((), device=device)
-    inside = changed.sum().clamp_min(1)
-    outside = (1 - changed).sum().clamp_min(1)
     for k in decoders:
         image, fusion, generated = out[k]["image"].float(), out[k]["fusion"].float(), out[k]["generated"].float()
         t = tgt_struct[:, STRUCTURE_CHANNEL[k] : STRUCTURE_CHANNEL[k] + 1]
         with autocast(device, precision):
-            adv = -discs[k](image, t).float().mean()
-        l1, l1_gen = F.l1_loss(image, gt), F.l1_loss(generated, gt)
-        perc = perceptual(image, gt) if perceptual is not None else torch.zeros((), device=device)
-        bce = _balanced_bce(fusion, changed)
-        sparsity = fusion.mean()
+            adv = -discs[k](image, t).float().mean() * scale
+        # every term is a mean over the batch: × scale is a rank's share of the global mean (1.0 in one process)
+        l1, l1_gen = F.l1_loss(image, gt) * scale, F.l1_loss(generated, gt) * scale
+        perc = perceptual(image, gt) * scale if perceptual is not None else torch.zeros((), device=device)
+        bce = _balanced_bce(fusion, changed, fraction) * scale
+        sparsity = fusion.mean() * scale
         g_loss = g_loss + (lambdas["gan"] * adv + lambdas["l1"] * (l1 + l1_gen) + lambdas["perceptual"] * perc
                            + lambdas.get("mask", 0.0) * bce + lambdas["fusion"] * sparsity)
         terms["gan"] += float(adv.detach())
@@ -175,6 +205,8 @@ def _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device
         terms["fusion_in"] += float((fusion.detach() * changed).sum() / inside) / len(decoders)
         terms["fusion_out"] += float((fusion.detach() * (1 - changed)).sum() / outside) / len(decoders)
     g_loss.backward()
+    if group is not None:
+        distributed.all_reduce_grads(gen, group)
     opt_g.step()
     terms["g_total"] = float(g_loss.detach())
     terms["d_total"] = float(d_loss.detach())

@@ -19,6 +19,7 @@ memory matters more than speed; the loss is a sum of per-copy terms, so the grad
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Literal
@@ -26,9 +27,10 @@ from typing import Any, Callable, Literal
 import torch
 
 from generalad.device import autocast
+from generalad.distributed import BatchShard, current_shard
 from generalad.errors import ConfigError, InputError
 from generalad.methods.generalad.config import PRESETS, GeneralADConfig, preset
-from generalad.methods.generalad.discriminator import Discriminator
+from generalad.methods.generalad.discriminator import Discriminator, dropout_rows
 from generalad.methods.generalad.distortions import apply_distortion, make_generator, noise_all
 from generalad.methods.generalad.losses import constant_bce, partial_bce
 from generalad.methods.generalad.memory import plan_copies_per_forward
@@ -125,6 +127,19 @@ def _copy_loss(name: str, logits: torch.Tensor, labels: torch.Tensor | None) -> 
     return partial_bce(logits, labels)
 
 
+def _copy_loss_share(name: str, logits: torch.Tensor, labels: torch.Tensor | None, shard: BatchShard) -> torch.Tensor:
+    """This rank's additive share of a copy's term (its rows of the global batch; docs/SCALE.md §8)."""
+    if labels is None:  # a mean over every patch of the batch: the rows' mean × b / B
+        return _copy_loss(name, logits, None) * shard.fraction
+    return partial_bce(logits, shard.take(labels), global_labels=labels)  # denominators count the global batch
+
+
+def _rows_of_group(shard: BatchShard, copies: int) -> torch.Tensor:
+    """Row index into a forward of ``copies`` whole-batch copies of this rank's rows (copy c at c·B + rows)."""
+    rows = torch.arange(shard.start, shard.stop)
+    return torch.cat([c * shard.size + rows for c in range(copies)])
+
+
 def distortion_loss(
     disc: Discriminator,
     clean: torch.Tensor,
@@ -133,6 +148,7 @@ def distortion_loss(
     *,
     attention: torch.Tensor | None = None,
     backward: bool = False,
+    shard: BatchShard | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GeneralAD loss (docs/methods/generalad.md §4) of one batch of clean features (B, P, D), and its terms (detached).
 
@@ -141,19 +157,27 @@ def distortion_loss(
     gradient, only speed and peak memory. With ``backward=True`` each group's loss is back-propagated as
     soon as it is computed (peak memory of one group) and the returned total is detached. The caller sets
     train/eval and grad mode.
+
+    ``shard`` (``generalad fit --distributed``, not whole): ``clean`` is the whole global batch; the copies are
+    built from it (the same draws as one process: distortions mix images of the batch), the discriminator
+    runs on this rank's rows only, with the rows of the whole batch's dropout masks, and the loss and terms
+    are this rank's additive shares of the global ones (docs/SCALE.md §8).
     """
     copies = build_copies(clean, config, generator, attention=attention)
     group = config.copies_per_forward or len(copies)
+    split = shard is not None and not shard.whole
     total = torch.zeros((), device=clean.device)
     terms: dict[str, torch.Tensor] = {}
     for start in range(0, len(copies), group):
         part = copies[start : start + group]
-        with autocast(clean.device, _train_precision(config)):
-            logits = disc(torch.cat([features for _, features, _ in part], dim=0))
-        chunks = logits.float().split(clean.shape[0], dim=0)
+        rows = (dropout_rows(_rows_of_group(shard, len(part)), len(part) * shard.size) if split
+                else contextlib.nullcontext())
+        with autocast(clean.device, _train_precision(config)), rows:
+            logits = disc(torch.cat([shard.take(f) if split else f for _, f, _ in part], dim=0))
+        chunks = logits.float().split(shard.stop - shard.start if split else clean.shape[0], dim=0)
         loss = torch.zeros((), device=clean.device)
         for (name, _, labels), chunk in zip(part, chunks):
-            term = _copy_loss(name, chunk, labels)
+            term = _copy_loss_share(name, chunk, labels, shard) if split else _copy_loss(name, chunk, labels)
             terms[name] = term.detach()
             loss = loss + term
         if backward:
@@ -263,11 +287,14 @@ def train_discriminator(
         return Discriminator(dim, grid, num_heads=config.heads, hidden=config.hidden, dropout=config.dropout)
 
     def step(disc: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # the whole global batch: every rank draws its distortions (docs/SCALE.md §8); idx itself in one process
+        shard = current_shard(idx)
+        idx = shard.batch
         x = features[idx.to(features.device)].to(device, torch.float32, non_blocking=True)
         a = None
         if attention is not None:
             a = attention[idx.to(attention.device)].to(device, torch.float32, non_blocking=True)
-        return distortion_loss(disc, x, config, distort_gen, attention=a, backward=True)
+        return distortion_loss(disc, x, config, distort_gen, attention=a, backward=True, shard=shard)
 
     def validation_loss(disc: torch.nn.Module) -> float:
         return _validation_loss(disc, validation, validation_attention, config, device)

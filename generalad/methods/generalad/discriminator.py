@@ -20,8 +20,11 @@ kept in the persistent buffer ``grid_shape`` so it travels with every saved stat
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import sys
+from collections.abc import Iterator
 from typing import Any, Mapping
 
 import torch
@@ -30,28 +33,53 @@ from torch import nn
 
 from generalad.errors import InputError
 
-__all__ = ["Discriminator", "MLP", "Dropout", "dropout", "resample_positions"]
+__all__ = ["Discriminator", "MLP", "Dropout", "dropout", "dropout_rows", "resample_positions"]
 
 # random_() draws int64 words in [0, 2**63): the low three 16-bit slices are uniform, the top one lacks
 # its sign bit. Slicing (not a list index) keeps the selection a cheap strided view.
 _LOW_SLICES = slice(0, 3) if sys.byteorder == "little" else slice(1, 4)
 
 
+#: (rows, full) while a rank computes ``rows`` (an index into ``full`` leading rows) of a global forward
+_DROPOUT_ROWS: contextvars.ContextVar[tuple[torch.Tensor, int] | None] = contextvars.ContextVar(
+    "generalad_dropout_rows", default=None)
+
+
+@contextlib.contextmanager
+def dropout_rows(rows: torch.Tensor, full: int) -> Iterator[None]:
+    """Dropout inside the block draws the masks of a ``full``-row forward and keeps ``rows`` (1-D index).
+
+    ``generalad fit --distributed`` (docs/SCALE.md §8): a rank forwards its rows of the global batch, and its
+    dropout masks must be the rows of the masks one process draws for the whole batch, from the same global
+    RNG, so that the run matches one process (and every rank's RNG stays in step).
+    """
+    token = _DROPOUT_ROWS.set((rows, int(full)))
+    try:
+        yield
+    finally:
+        _DROPOUT_ROWS.reset(token)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Inverted dropout whose Bernoulli mask comes from 16-bit slices of 64-bit random words.
 
     Uses the global torch generator (so ``torch.manual_seed`` makes it reproducible). ``p`` is rounded
-    to a multiple of 2⁻¹⁶; kept values are scaled by 1 / (1 − p).
+    to a multiple of 2⁻¹⁶; kept values are scaled by 1 / (1 − p). Inside :func:`dropout_rows` the mask is
+    drawn for the full leading dimension and indexed.
     """
     if not training or p <= 0.0:
         return x
     if p >= 1.0:
         return x * 0.0
-    n = x.numel()
+    selected = _DROPOUT_ROWS.get()
+    shape = x.shape if selected is None else (selected[1], *x.shape[1:])
+    n = math.prod(shape)
     words = torch.empty((n + 2) // 3, dtype=torch.int64, device=x.device).random_()
     slices = words.view(torch.int16).view(-1, 4)[:, _LOW_SLICES]  # uniform on [-32768, 32767]
     cut = round(p * 65536)
-    drop = (slices < cut - 32768).reshape(-1)[:n].view(x.shape)  # P(drop) = cut / 65536
+    drop = (slices < cut - 32768).reshape(-1)[:n].view(shape)  # P(drop) = cut / 65536
+    if selected is not None:
+        drop = drop.index_select(0, selected[0].to(x.device))
     return x.masked_fill(drop, 0.0).mul_(65536.0 / (65536 - cut))
 
 

@@ -28,20 +28,30 @@ def constant_bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(target)))
 
 
-def masked_bce(logits: torch.Tensor, select: torch.Tensor, target: float) -> torch.Tensor:
-    """Mean BCE against ``target`` over the entries where ``select`` is True; exactly 0 if there are none."""
+def masked_bce(logits: torch.Tensor, select: torch.Tensor, target: float,
+               count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE against ``target`` over the entries where ``select`` is True; exactly 0 if there are none.
+
+    ``count``: divide by this many entries instead of ``select``'s (a rank's rows of a global batch: its
+    share of the global mean, docs/SCALE.md §8)."""
     logits = logits.float()
     per = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(target)), reduction="none")
     sel = select.to(per.dtype)
-    return (per * sel).sum() / sel.sum().clamp_min(1.0)
+    return (per * sel).sum() / (sel.sum() if count is None else count.to(per.dtype)).clamp_min(1.0)
 
 
-def partial_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def partial_bce(logits: torch.Tensor, labels: torch.Tensor, global_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Class-balanced loss of one partial copy: mean over its 0-patches + mean over its 1-patches.
 
-    Both means pool over the whole batch (not per image)."""
+    Both means pool over the whole batch (not per image). ``global_labels``: the whole global batch's labels
+    when ``logits`` / ``labels`` are one rank's rows of it; the result is then that rank's share (the means'
+    denominators count the global batch), and the shares of all ranks sum to the global loss."""
     positive = labels.bool()
-    return masked_bce(logits, ~positive, 0.0) + masked_bce(logits, positive, 1.0)
+    if global_labels is None:
+        return masked_bce(logits, ~positive, 0.0) + masked_bce(logits, positive, 1.0)
+    n_pos = global_labels.bool().sum()
+    n_neg = global_labels.numel() - n_pos
+    return masked_bce(logits, ~positive, 0.0, n_neg) + masked_bce(logits, positive, 1.0, n_pos)
 
 
 def generalad_loss(

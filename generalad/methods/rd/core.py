@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from generalad.device import autocast
+from generalad.distributed import current_shard, functional_share
 from generalad.methods.rd.modules import Student, StudentSpec
 from generalad.training import EpochCallback, LoopConfig, train_loop
 
@@ -94,7 +95,9 @@ def train_student(
         t = [m.index_select(0, idx).to(device, non_blocking=True) for m in maps]
         with autocast(device, precision):
             s = student(t)
-        loss = distillation_loss(t, s, cfg.loss)
+        # one process: the batch mean; a torchrun rank: its share of the global batch mean (BatchNorm is
+        # synchronised by the loop, so the rows see the global batch's statistics; docs/SCALE.md §8)
+        loss = functional_share(distillation_loss(t, s, cfg.loss), current_shard(idx))
         loss.backward()
         return loss.detach(), {}
 
