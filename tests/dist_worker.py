@@ -25,20 +25,22 @@ CPU = torch.device("cpu")
 
 def _maps(n: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return [torch.randn(n, 40, 8, 8, generator=g, dtype=torch.float64),
-            torch.randn(n, 80, 4, 4, generator=g, dtype=torch.float64),
-            torch.randn(n, 192, 2, 2, generator=g, dtype=torch.float64)]
+    return [torch.randn(n, 8, 8, 8, generator=g, dtype=torch.float64),
+            torch.randn(n, 16, 4, 4, generator=g, dtype=torch.float64),
+            torch.randn(n, 32, 2, 2, generator=g, dtype=torch.float64)]
 
 
 def rd_case(attn_at: str) -> dict:
     """RD (attn_at "none") / ARD (CBAM): the BatchNorm student; 13 items in batches of 5 (the short last batch
     of 3 splits 1 / 2 over two ranks), 3 epochs."""
     from generalad.methods.rd import core
-    from generalad.methods.rd.config import ARDConfig, RDConfig, student_spec
+    from generalad.methods.rd.config import ARDConfig, RDConfig
+    from generalad.methods.rd.modules import StudentSpec
 
     cls = RDConfig if attn_at == "none" else ARDConfig
-    cfg = dataclasses.replace(cls(backbone="efficientnet_lite0", image_size=64, epochs=3).resolved(), train_batch_size=5)
-    spec = student_spec("efficientnet_lite0", (40, 80, 192))
+    cfg = dataclasses.replace(cls(backbone="efficientnet_lite0", image_size=64, epochs=3, reduction=4).resolved(),
+                              train_batch_size=5)
+    spec = StudentSpec((8, 16, 32), signed_features=True)  # a narrow Lite0-like teacher (signed maps)
     student, history = core.train_student(_maps(13), spec, cfg, device=CPU, precision="fp32")
     has_sync = any(isinstance(m, distributed.SyncBatchNorm) for m in student.modules())
     return {"loss": [h["loss"] for h in history], "running_var": float(_first_bn(student).running_var.sum()),

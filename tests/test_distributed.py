@@ -109,13 +109,13 @@ def test_generalad_cli_fit_two_processes_matches_one(bottle_dir, vits14_weights,
 
 
 @pytest.fixture(scope="module")
-def worker_results(tmp_path_factory):
-    """(one process, two processes) results of tests/dist_worker.py."""
+def worker_results(tmp_path_factory, single_thread):
+    """(one process: this one, two processes) results of tests/dist_worker.py (JSON round trip for both)."""
+    from tests.dist_worker import run_all
+
     tmp = tmp_path_factory.mktemp("dist")
-    env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_ENV}
-    subprocess.run([sys.executable, str(WORKER), str(tmp / "one.json")], check=True, env=env, timeout=240)
     _torchrun([str(WORKER), str(tmp / "two.json")])
-    return tuple(json.loads((tmp / f"{n}.json").read_text()) for n in ("one", "two"))
+    return json.loads(json.dumps(run_all())), json.loads((tmp / "two.json").read_text())
 
 
 @pytest.mark.parametrize("case", ["rd", "ard", "detector", "sync_bn", "generalad"])
