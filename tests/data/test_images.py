@@ -204,3 +204,36 @@ def test_content_hash(tmp_path: Path) -> None:
     assert content_hash(a) != content_hash(Sample("/f#0", 0, array=flat.reshape(4, 3)))  # shape counts
     with pytest.raises(InputError, match="file not found"):
         content_hash(tmp_path / "missing.png")
+
+
+def _pillow_pixels(path: Path) -> np.ndarray:
+    """read_image with the libspng fast path switched off: the Pillow reference."""
+    import generalad.data.images as images
+
+    saved, images._spng = images._spng, None
+    try:
+        return read_image(path)
+    finally:
+        images._spng = saved
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "P", "1", "I;16"])
+@pytest.mark.parametrize("interlace", [False, True])
+def test_png_fast_path_gives_pillows_pixels_for_every_colour_type(tmp_path: Path, mode: str, interlace: bool) -> None:
+    import generalad.data.images as images
+
+    assert images._spng is not None, "pyspng is a pinned dependency (pyproject.toml)"
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    im = Image.fromarray(rgba, "RGBA").convert(mode) if mode != "I;16" else Image.fromarray(
+        rng.integers(0, 65536, (37, 53), dtype=np.uint16))
+    path = tmp_path / f"{mode.replace(';', '')}.png"
+    im.save(path, interlace=interlace, **({"transparency": 7} if mode == "L" else {}))
+    assert np.array_equal(read_image(path), _pillow_pixels(path))
+
+
+def test_png_fast_path_on_a_real_mvtec_image() -> None:
+    path = next(Path(__file__).resolve().parents[2].joinpath("..", "shared", "data", "mvtec_bottle_subset").rglob("*.png"), None)
+    if path is None:
+        pytest.skip("the shared MVTec bottle subset is not on this machine")
+    assert np.array_equal(read_image(path), _pillow_pixels(path))
