@@ -20,6 +20,11 @@ the 630 magnetic-tile training images, M = 493,920 projected to d = 128, 10 % = 
   all of ``mind`` is refreshed at once against the pending centres with one matrix-matrix product per
   chunk (‖x‖² − 2x·q + ‖q‖², compute-bound and multi-threaded instead of memory-bound).
 
+Ties: the lazy method's candidate list orders equal values by index (``ordered_top``; torch.topk leaves
+their order unspecified), so the sharded selection of generalad.nn.sharded can merge per-shard lists into the
+same list and pick exactly the same points (docs/SCALE.md §8). Without exact ties nothing changed: the
+magnetic-tile bank is bit-identical to the one selected before.
+
 Both methods agree with a naive float64 loop up to fp32 rounding: a near-tie may resolve differently, every
 pick is still a farthest point (tests/nn/test_coreset.py checks that pick by pick).
 
@@ -48,7 +53,7 @@ try:  # faiss is a declared dependency; the fallback keeps the module importable
 except ImportError:  # pragma: no cover - exercised by forcing use_faiss=False in tests
     faiss = None
 
-__all__ = ["greedy_coreset", "random_projection", "coverage_radius"]
+__all__ = ["greedy_coreset", "random_projection", "coverage_radius", "ordered_top"]
 
 
 def random_projection(
@@ -58,6 +63,7 @@ def random_projection(
     seed: int = 0,
     chunk: int = 65536,
     device: str | torch.device | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Seeded Gaussian random projection (M, D) → (M, proj_dim), fp32, entries N(0, 1/proj_dim).
 
@@ -65,16 +71,22 @@ def random_projection(
     expectation. ``proj_dim`` None, 0 or >= D returns the features as fp32 (no projection). Rows are
     projected in chunks so a bf16/fp16 input is never copied to fp32 as a whole (nor, with ``device``, to
     the device as a whole). The output lives on ``device`` (default: ``x``'s device); the projection matrix
-    is drawn on the CPU, so it is the same on every device.
+    is drawn on the CPU, so it is the same on every device. ``out``: an (M, proj_dim) fp32 tensor to write
+    into (e.g. a memory-mapped shard, generalad.nn.sharded) instead of a new one.
     """
     x = _as_2d(x)
     m, dim = x.shape
     dev = x.device if device is None else resolve_device(device)
     if not proj_dim or proj_dim >= dim:
-        return x.to(dev, torch.float32).contiguous()
+        if out is None:
+            return x.to(dev, torch.float32).contiguous()
+        for s in range(0, m, chunk):
+            out[s : s + chunk] = x[s : s + chunk]
+        return out
     gen = torch.Generator().manual_seed(int(seed))
     w = (torch.randn(dim, proj_dim, generator=gen, dtype=torch.float32) / math.sqrt(proj_dim)).to(dev)
-    out = torch.empty(m, proj_dim, dtype=torch.float32, device=dev)
+    if out is None:
+        out = torch.empty(m, proj_dim, dtype=torch.float32, device=dev)
     for s in range(0, m, chunk):
         torch.mm(x[s : s + chunk].to(dev, torch.float32), w, out=out[s : s + chunk])
     return out
@@ -251,21 +263,64 @@ class _LazyGreedy:
         sel[0], done, pending = start, 1, [start]
         while done < k:
             self.refresh(pending)
-            pending = []
-            top = torch.topk(self.mind, t + 1)  # t >= 1 here: k <= m and a second pick is due
-            bar = float(top.values[t])  # no point outside the list has a (stale) value above this
-            idx, exact = top.indices[:t], top.values[:t].clone()
-            cand = self.pts[idx]
-            while done < k and len(pending) < batch:
-                j = int(exact.argmax())
-                if float(exact[j]) < bar:  # cannot prove this one farthest without a refresh
-                    break
-                pick = int(idx[j])
-                sel[done], done = pick, done + 1
-                pending.append(pick)
-                torch.minimum(exact, ((cand - self.pts[pick]) ** 2).sum(1), out=exact)
-                exact[j] = -1.0
-                if done % 1024 == 0:
-                    _report(progress, done, k)
+            vals, idx = ordered_top(self.mind, t + 1)  # t >= 1 here: k <= m and a second pick is due
+            picks = pick_candidates(vals, self.pts[idx[:t]], done, k, batch, progress)
+            pending = [int(idx[j]) for j in picks]
+            sel[done : done + len(picks)] = pending
+            done += len(picks)
         _report(progress, k, k)
         return sel
+
+
+def ordered_top(values: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n largest of ``values`` (1-D) as (values, indices), by value descending, equal values by index.
+
+    torch.topk leaves the order of equal values unspecified; this defines it (lowest index first, also for
+    which of several equal values at the boundary get in), so a sharded selection (generalad.nn.sharded)
+    can merge per-shard lists into exactly this list. Without ties it is torch.topk's result. Extra cost:
+    one comparison pass over ``values``.
+    """
+    top = torch.topk(values, n)
+    low = top.values[-1]
+    above = top.indices[top.values > low]
+    at = (values == low).nonzero().squeeze(1)[: n - above.numel()]  # ascending indices
+    idx = torch.cat([above, at])
+    return order_desc(values[idx], idx, n)
+
+
+def order_desc(vals: torch.Tensor, idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n of (vals, idx) ordered by value descending, then index ascending."""
+    idx, o = idx.sort()
+    vals, o2 = vals[o].sort(descending=True, stable=True)
+    return vals[:n], idx[o2[:n]]
+
+
+def pick_candidates(
+    vals: torch.Tensor,
+    cand: torch.Tensor,
+    done: int,
+    k: int,
+    batch: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[int]:
+    """Positions (into the candidate list) of the next picks between two refreshes of the lazy method.
+
+    vals: (t + 1,) the stale values of the t candidates and, last, the largest stale value outside the list
+    (the bar); cand: (t, d) the candidates' points. A candidate is picked while its exact value (kept up to
+    date against each pick by explicit differences) is at least the bar, at most ``batch`` picks. Shared by
+    the in-process and the sharded selection, so both take the same decisions from the same list.
+    """
+    t = cand.shape[0]
+    bar = float(vals[t])  # no point outside the list has a (stale) value above this
+    exact = vals[:t].clone()
+    picks: list[int] = []
+    while done + len(picks) < k and len(picks) < batch:
+        j = int(exact.argmax())
+        if float(exact[j]) < bar:  # cannot prove this one farthest without a refresh
+            break
+        picks.append(j)
+        torch.minimum(exact, ((cand - cand[j]) ** 2).sum(1), out=exact)
+        exact[j] = -1.0
+        if (done + len(picks)) % 1024 == 0:
+            _report(progress, done + len(picks), k)
+    return picks

@@ -10,6 +10,13 @@ Backends: "auto" is torch everywhere. Measured on a 2-core Intel Xeon (AVX512F, 
 3 136 queries: bank 3 528 × 1024 — faiss 2.08 s, torch 0.57 s; 3 528 × 152 — 0.40 / 0.30 s; 49 392 × 152 —
 6.97 / 4.07 s with top-k, 2.10 s with the k = 1 argmin now used. faiss stays selectable (``backend="faiss"``).
 
+Approximate backend ``"ivfpq"`` (docs/SCALE.md, "PatchCore banks beyond memory"): a faiss IndexIVFPQ trained
+on the bank itself (k-means to ``nlist`` cells, product quantisation to ``pq_m`` bytes per vector); a query
+scans its ``nprobe`` nearest cells and takes the ``refine`` best PQ candidates, whose distances are then
+recomputed exactly like the other backends' (so a returned distance is always the true distance to the
+returned vector, never below the exact nearest one). Recall@1 and the AUROC cost are measured in
+docs/RESULTS.md, "Scale-out (issue 19)".
+
 Devices: ``device=`` places the bank (and the search) on any torch device. faiss-cpu has no GPU build, so
 off the CPU the torch backend runs there: one (chunk, M) GEMM block plus a top-k per chunk, and the exact
 re-computation of the k distances, all on the device; ``device=None``/"cpu" is the CPU path as before
@@ -19,6 +26,9 @@ differently, the returned distances are still exact). Indices of ties may differ
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -32,7 +42,9 @@ try:  # faiss is a declared dependency; the torch backend keeps everything worki
 except ImportError:  # pragma: no cover - exercised through backend="torch" in tests
     faiss = None
 
-__all__ = ["NearestNeighbours", "patchcore_reweight"]
+__all__ = ["NearestNeighbours", "IVFPQParams", "patchcore_reweight", "BACKENDS"]
+
+BACKENDS = ("auto", "faiss", "torch", "ivfpq")
 
 _CPU = torch.device("cpu")
 _DEVICE_BLOCK = 1 << 26  # off the CPU: entries of one (chunk, M) distance block, 256 MB in fp32
@@ -65,19 +77,22 @@ class NearestNeighbours:
         backend: str = "auto",
         chunk: int = 4096,
         device: str | torch.device | None = None,
+        ivf: IVFPQParams | None = None,
     ) -> None:
         if metric != "l2":
             raise ConfigError(f"nearest neighbours: unsupported metric {metric!r} (only 'l2')")
-        if backend not in ("auto", "faiss", "torch"):
-            raise ConfigError(f"nearest neighbours: unknown backend {backend!r} (expected auto, faiss or torch)")
-        if backend == "faiss" and faiss is None:
-            raise ConfigError("nearest neighbours: backend 'faiss' needs faiss (pip install faiss-cpu)")
+        if backend not in BACKENDS:
+            raise ConfigError(
+                f"nearest neighbours: unknown backend {backend!r} (expected {', '.join(BACKENDS)})"
+            )
+        if backend in ("faiss", "ivfpq") and faiss is None:
+            raise ConfigError(f"nearest neighbours: backend {backend!r} needs faiss (pip install faiss-cpu)")
         if chunk < 1:
             raise ConfigError(f"nearest neighbours: chunk must be >= 1, got {chunk}")
         self.device = _CPU if device is None else resolve_device(device)
-        if backend == "faiss" and self.device.type != "cpu":
+        if backend in ("faiss", "ivfpq") and self.device.type != "cpu":
             raise ConfigError(
-                f"nearest neighbours: backend 'faiss' runs on the CPU only (faiss-cpu), not on {self.device}; "
+                f"nearest neighbours: backend {backend!r} runs on the CPU only (faiss-cpu), not on {self.device}; "
                 "use backend 'torch' or 'auto'"
             )
         self.bank = _as_f32(bank, "bank", self.device)
@@ -90,6 +105,9 @@ class NearestNeighbours:
         if self.backend == "faiss":
             self._index = faiss.IndexFlatL2(self.bank.shape[1])
             self._index.add(self.bank.numpy())
+        elif self.backend == "ivfpq":
+            self.ivf = (ivf or IVFPQParams()).resolved(*self.bank.shape)
+            self._index = _train_ivfpq(self.bank.numpy(), self.ivf)
         else:
             self._bank_sq = (self.bank * self.bank).sum(1)
 
@@ -117,6 +135,8 @@ class NearestNeighbours:
         idx = torch.empty(q.shape[0], k, dtype=torch.int64, device=self.device)
         if self.backend == "faiss":
             search, step = self._search_faiss, self.chunk
+        elif self.backend == "ivfpq":
+            search, step = self._search_ivfpq, self.chunk
         else:  # the torch backend holds a (step, M) distance block: keep it near 64 MB (256 MB off the CPU)
             block = 1 << 24 if self.device.type == "cpu" else _DEVICE_BLOCK
             search, step = self._search_torch, min(self.chunk, max(16, block // len(self)))
@@ -143,12 +163,69 @@ class NearestNeighbours:
         faiss.omp_set_num_threads(torch.get_num_threads())
         return torch.from_numpy(self._index.search(q.numpy(), k)[1])
 
+    def _search_ivfpq(self, q: torch.Tensor, k: int) -> torch.Tensor:
+        """Indices (Q, k): the k exactly nearest of each query's ``refine``·k IVF-PQ candidates."""
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        self._index.nprobe = self.ivf.nprobe
+        n_cand = min(len(self), max(k, self.ivf.refine * k))
+        cand = torch.from_numpy(self._index.search(q.numpy(), n_cand)[1])
+        missing = cand < 0  # fewer than n_cand vectors in the probed cells
+        if bool(missing[:, :k].any()):  # not even k found: those queries are searched exactly
+            rows = missing[:, :k].any(1).nonzero().squeeze(1)
+            cand[rows, :k] = self._search_torch(q[rows], k)
+            missing[rows, :k] = False
+        d2 = (self.bank[cand.clamp_min(0)] - q[:, None]).pow_(2).sum(2).masked_fill_(missing, float("inf"))
+        return cand.gather(1, d2.topk(k, dim=1, largest=False, sorted=True).indices)
+
     def _search_torch(self, q: torch.Tensor, k: int) -> torch.Tensor:
         # (chunk, M) block of ‖b‖² − 2q·b (‖q‖² does not change the ranking); k smallest, nearest first
         d2 = torch.addmm(self._bank_sq, q, self.bank.T, alpha=-2.0)
         if k == 1:  # PatchCore / InReaCh: a min is one pass, top-k a partial sort
             return d2.argmin(dim=1, keepdim=True)
         return d2.topk(k, dim=1, largest=False, sorted=True).indices
+
+
+@dataclasses.dataclass(frozen=True)
+class IVFPQParams:
+    """faiss IVF-PQ settings. None = derived from the bank (``resolved``).
+
+    nlist: k-means cells (default: the power of two nearest √M, at most M / 39 — faiss' advice of ≥ 39
+    training points per cell). pq_m: PQ sub-vectors, one byte each (default: the divisor of D nearest D / 4,
+    i.e. 4-dim sub-vectors; 38 for D = 152). nprobe: cells scanned per query. refine: PQ candidates per
+    wanted neighbour whose exact distances decide.
+    """
+
+    nlist: int | None = None
+    pq_m: int | None = None
+    nprobe: int = 8
+    refine: int = 8
+
+    def resolved(self, m: int, d: int) -> IVFPQParams:
+        """Defaults filled in and checked against a bank of M × D; one-line ConfigErrors."""
+        if m < 256:
+            raise ConfigError(f"ivfpq: the bank has {m} vectors; IVF-PQ (8-bit codes) needs at least 256")
+        nlist = self.nlist or int(min(max(1, m // 39), 2 ** round(math.log2(math.sqrt(m)))))
+        pq_m = self.pq_m or min((v for v in range(1, d + 1) if d % v == 0), key=lambda v: abs(v - d / 4))
+        if not 1 <= nlist <= m:
+            raise ConfigError(f"ivfpq: ivf_nlist must be in [1, {m}] for a bank of {m} vectors, got {nlist}")
+        if d % pq_m:
+            raise ConfigError(f"ivfpq: ivf_m must divide the feature width {d}, got {pq_m}")
+        if self.nprobe < 1 or self.refine < 1:
+            raise ConfigError(f"ivfpq: ivf_nprobe and ivf_refine must be >= 1, got {self.nprobe} and {self.refine}")
+        return dataclasses.replace(self, nlist=nlist, pq_m=pq_m)
+
+
+def _train_ivfpq(bank: np.ndarray, p: IVFPQParams):
+    """IndexIVFPQ (nlist cells, pq_m bytes per vector) trained on and filled with the bank itself."""
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(bank.shape[1]), bank.shape[1], p.nlist, p.pq_m, 8)
+    index.cp.min_points_per_centroid = 1  # small cells are fine: no warning spam on small banks
+    # PQ k-means (pq_m codebooks of 256): faiss' 25 iterations on up to 65536 points took 27 s at 49k × 152
+    # (1 thread); 10 iterations on ≤ 16384 points take a few seconds (recall: docs/RESULTS.md)
+    index.pq.cp.niter, index.pq.cp.max_points_per_centroid, index.pq.cp.min_points_per_centroid = 10, 64, 1
+    index.train(bank)
+    index.add(bank)
+    return index
 
 
 def patchcore_reweight(

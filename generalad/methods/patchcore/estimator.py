@@ -19,7 +19,9 @@ from generalad.errors import ConfigError
 from generalad.methods.base import AnomalyModel, BaseConfig
 from generalad.nn.coreset import greedy_coreset
 from generalad.nn.loo import kth_image_distances, leave_one_out_distances
+from generalad.nn.knn import BACKENDS, IVFPQParams
 from generalad.nn.patches import NearestNeighbours, locally_aware_patches
+from generalad.nn.sharded import ShardedNearestNeighbours, shard_bounds, sharded_greedy_coreset
 
 
 MAX_FEATURE_DIM = 1024  # the paper's width: the cap of the backbone-derived default
@@ -42,6 +44,20 @@ class PatchCoreConfig(BaseConfig):
     # ... measured against the k-th nearest other image instead (exact per-image minima, ~N² cost): a defect
     # shared by fewer than denoise_kth other images is dropped too (as ``generalad clean --kth``).
     denoise_kth: int = 1
+    # Banks beyond one process (docs/SCALE.md, "PatchCore banks beyond memory"): shards > 1 runs the coreset
+    # selection and the exact search in that many worker processes, each holding a contiguous shard — the
+    # same bank and the same scores as shards=1. bank_dir: the shards' .npy files on disk (memory-mapped, kept)
+    # instead of a temporary folder in RAM (/dev/shm); with shards=1 it runs one disk-backed worker.
+    shards: int = 1
+    bank_dir: str | None = None
+    # "auto" / "torch" / "faiss": exact search (generalad.nn.knn); "ivfpq": approximate faiss IVF-PQ trained on
+    # the bank (docs/methods/patchcore.md §4): ivf_nlist cells (None: ~√bank), ivf_m bytes per vector (None:
+    # D / 4), ivf_nprobe cells scanned, the exact nearest of ivf_refine candidates. Runs on the CPU.
+    knn_backend: str = "auto"
+    ivf_nlist: int | None = None
+    ivf_m: int | None = None
+    ivf_nprobe: int = 8
+    ivf_refine: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,6 +71,30 @@ class PatchCoreConfig(BaseConfig):
             raise ConfigError(f"feature_dim must be >= 1 or None (the backbone's width), got {self.feature_dim}")
         if self.denoise_kth < 1:
             raise ConfigError(f"denoise_kth must be >= 1, got {self.denoise_kth}")
+        self._check_scale_options()
+
+    def _check_scale_options(self) -> None:
+        """One-line ConfigErrors for shards / bank_dir / knn_backend / ivf_* (--set key=value)."""
+        if not isinstance(self.shards, int) or isinstance(self.shards, bool) or self.shards < 1:
+            raise ConfigError(f"shards must be an integer >= 1, got {self.shards!r}")
+        if self.bank_dir is not None and (not isinstance(self.bank_dir, str) or not self.bank_dir):
+            raise ConfigError(f"bank_dir must be a folder path or None, got {self.bank_dir!r}")
+        if self.knn_backend not in BACKENDS:
+            raise ConfigError(f"knn_backend must be one of {', '.join(BACKENDS)}, got {self.knn_backend!r}")
+        if self.knn_backend == "faiss" and self.sharded:
+            raise ConfigError("knn_backend 'faiss' is single-process: the sharded exact search (shards > 1 or "
+                              "bank_dir) uses the torch kernel, set knn_backend=auto")
+        for name in ("ivf_nlist", "ivf_m"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be an integer >= 1 or None (derived from the bank), got {value!r}")
+        if self.ivf_nprobe < 1 or self.ivf_refine < 1:
+            raise ConfigError(f"ivf_nprobe and ivf_refine must be >= 1, got {self.ivf_nprobe} and {self.ivf_refine}")
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the coreset and exact search run in worker processes (shards > 1 or a bank_dir)."""
+        return self.shards > 1 or self.bank_dir is not None
 
 
 class PatchCore(AnomalyModel):
@@ -92,16 +132,24 @@ class PatchCore(AnomalyModel):
         n_patches = int(flat.shape[0])
         if self.config.denoise_fraction > 0:
             flat = flat[self._nominal_patches(patches)]
-        flat = flat.to(self.device)  # the coreset's GEMMs run on the model's device
-        keep = greedy_coreset(
-            flat, ratio=self.config.coreset_ratio, proj_dim=self.config.projection_dim, seed=self.config.seed
-        )
+        keep = self._coreset(flat)
         self.bank_ = flat[keep].cpu().contiguous()
         self._index = None
         self.method_stats_ = {"n_patches": n_patches, "bank_size": int(self.bank_.shape[0]),
                               "feature_dim": int(self.bank_.shape[1])}
+        if self.config.sharded:
+            self.method_stats_["coreset_shards"] = len(shard_bounds(int(flat.shape[0]), self.config.shards, 32768))
         if self.config.denoise_fraction > 0:
             self.method_stats_["denoised_patches"] = n_patches - int(flat.shape[0])
+
+    def _coreset(self, flat: torch.Tensor) -> torch.Tensor:
+        """Coreset indices of the (M, D) training patches: in process, or over ``shards`` workers (same picks)."""
+        c = self.config
+        if c.sharded:  # CPU worker processes; identical indices (generalad.nn.sharded)
+            return sharded_greedy_coreset(flat.cpu(), shards=c.shards, bank_dir=c.bank_dir, ratio=c.coreset_ratio,
+                                          proj_dim=c.projection_dim, seed=c.seed)
+        # the coreset's GEMMs run on the model's device
+        return greedy_coreset(flat.to(self.device), ratio=c.coreset_ratio, proj_dim=c.projection_dim, seed=c.seed)
 
     def _nominal_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """Flat indices of the patches kept by ``denoise_fraction`` (the smallest leave-one-out distances)."""
@@ -122,7 +170,14 @@ class PatchCore(AnomalyModel):
 
     def _nn(self) -> NearestNeighbours:
         if self._index is None:
-            self._index = NearestNeighbours(self.bank_, device=self.device)
+            c = self.config
+            if c.knn_backend == "ivfpq":  # faiss-cpu: trained on the bank when first needed (~30 s at 49k × 152)
+                ivf = IVFPQParams(nlist=c.ivf_nlist, pq_m=c.ivf_m, nprobe=c.ivf_nprobe, refine=c.ivf_refine)
+                self._index = NearestNeighbours(self.bank_, backend="ivfpq", ivf=ivf)
+            elif c.sharded:
+                self._index = ShardedNearestNeighbours(self.bank_, shards=c.shards, bank_dir=c.bank_dir)
+            else:
+                self._index = NearestNeighbours(self.bank_, device=self.device, backend=c.knn_backend)
         return self._index
 
     def _infer_features(self, features) -> tuple[np.ndarray, torch.Tensor]:
