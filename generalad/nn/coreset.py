@@ -22,8 +22,8 @@ the 630 magnetic-tile training images, M = 493,920 projected to d = 128, 10 % = 
 
 Ties: the lazy method's candidate list orders equal values by index (``ordered_top``; torch.topk leaves
 their order unspecified), so the sharded selection of generalad.nn.sharded can merge per-shard lists into the
-same list and pick exactly the same points (docs/SCALE.md §8). Without exact ties nothing changed: the
-magnetic-tile bank is bit-identical to the one selected before.
+same list and pick exactly the same points (docs/SCALE.md §8). Without exact ties in the list nothing changed
+(projected magnetic-tile pixel patches: the same picks as before; unprojected 8-bit ones diverge at pick 790).
 
 Both methods agree with a naive float64 loop up to fp32 rounding: a near-tie may resolve differently, every
 pick is still a farthest point (tests/nn/test_coreset.py checks that pick by pick).
