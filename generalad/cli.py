@@ -134,7 +134,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _fit_distributed(args: argparse.Namespace) -> int:
-    """``fit --distributed`` under torchrun (docs/SCALE.md §8): every rank fits (features sharded, gradients
+    """``fit --distributed`` under torchrun (docs/SCALE.md §9): every rank fits (features sharded, gradients
     summed), rank 0 alone writes the run directory and prints the summary; the others wait for it."""
     from generalad import distributed
     from generalad.methods import get_method

@@ -1,4 +1,4 @@
-"""Data-parallel training under ``torchrun`` (``generalad fit ... --distributed``; docs/SCALE.md §8).
+"""Data-parallel training under ``torchrun`` (``generalad fit ... --distributed``; docs/SCALE.md §9).
 
 One process per rank, all running the same code on the same inputs. What is split, and how it stays equal to
 one process:

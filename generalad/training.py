@@ -15,7 +15,7 @@ Under ``torchrun`` (``generalad fit --distributed``, a ``generalad.distributed``
 same loop runs on every rank: the same seeded permutation and global batches; each rank's step computes its
 contiguous rows of each batch (``distributed.current_shard``) and returns its share of the global loss;
 gradients are summed over ranks before the optimiser step; BatchNorm layers are synchronised during training;
-the history holds the global losses (summed over ranks), identical on every rank. docs/SCALE.md §8.
+the history holds the global losses (summed over ranks), identical on every rank. docs/SCALE.md §9.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``generalad fit --distributed`` (torchrun, gloo on loopback) against one process (docs/SCALE.md §8).
+"""``generalad fit --distributed`` (torchrun, gloo on loopback) against one process (docs/SCALE.md §9).
 
 Two 2-process runs: the CLI fit of a tiny GeneralAD on the bottle subset (sharded feature extraction, rank-0
 save, the stamp), and tests/dist_worker.py (RD, ARD, AnomalyHybrid's detector and generator, GeneralAD's

@@ -326,7 +326,7 @@ class AnomalyModel:
         }
         from generalad import distributed
 
-        if distributed.active() is not None:  # stamped: trained by several processes (docs/SCALE.md §8)
+        if distributed.active() is not None:  # stamped: trained by several processes (docs/SCALE.md §9)
             self.fit_info_["distributed"] = distributed.active().stamp()
         return self
 

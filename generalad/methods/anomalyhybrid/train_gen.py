@@ -67,7 +67,7 @@ def perceptual_network(name: str, weights: str | None) -> Perceptual:
 def _balanced_bce(fusion: torch.Tensor, changed: torch.Tensor, fraction: torch.Tensor | None = None) -> torch.Tensor:
     """BCE(M, changed) with the changed pixels weighted (1 − f) / f (f = their fraction in the batch, weight ≤ 20):
     changes cover a few % of a pair, and an unweighted loss is minimised by M ≈ 0 everywhere. ``fraction``: f
-    of the global batch when these are one rank's rows of it (docs/SCALE.md §8)."""
+    of the global batch when these are one rank's rows of it (docs/SCALE.md §9)."""
     f = (changed.mean() if fraction is None else fraction).clamp(1e-3, 1 - 1e-3)
     weight = 1 + changed * ((1 - f) / f).clamp(max=20.0) - changed
     return F.binary_cross_entropy(fusion.clamp(1e-6, 1 - 1e-6), changed, weight=weight)
@@ -151,7 +151,7 @@ def _summed_over_ranks(sums: dict[str, float], group) -> dict[str, float]:
 
 def _step(gen, discs, opt_g, opt_d, pairs, decoders, lambdas, perceptual, device, precision,
           shard: distributed.BatchShard | None = None) -> dict[str, float]:
-    """One D and one G update on ``pairs``. ``shard`` (a torchrun rank, docs/SCALE.md §8): ``pairs`` is the whole
+    """One D and one G update on ``pairs``. ``shard`` (a torchrun rank, docs/SCALE.md §9): ``pairs`` is the whole
     global batch; this rank computes its rows, every loss and term is its additive share of the global one,
     and gradients are summed over ranks before each optimiser step."""
     changed_all = pairs["changed"].to(device)

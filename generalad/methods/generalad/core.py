@@ -128,7 +128,7 @@ def _copy_loss(name: str, logits: torch.Tensor, labels: torch.Tensor | None) -> 
 
 
 def _copy_loss_share(name: str, logits: torch.Tensor, labels: torch.Tensor | None, shard: BatchShard) -> torch.Tensor:
-    """This rank's additive share of a copy's term (its rows of the global batch; docs/SCALE.md §8)."""
+    """This rank's additive share of a copy's term (its rows of the global batch; docs/SCALE.md §9)."""
     if labels is None:  # a mean over every patch of the batch: the rows' mean × b / B
         return _copy_loss(name, logits, None) * shard.fraction
     return partial_bce(logits, shard.take(labels), global_labels=labels)  # denominators count the global batch
@@ -161,7 +161,7 @@ def distortion_loss(
     ``shard`` (``generalad fit --distributed``, not whole): ``clean`` is the whole global batch; the copies are
     built from it (the same draws as one process: distortions mix images of the batch), the discriminator
     runs on this rank's rows only, with the rows of the whole batch's dropout masks, and the loss and terms
-    are this rank's additive shares of the global ones (docs/SCALE.md §8).
+    are this rank's additive shares of the global ones (docs/SCALE.md §9).
     """
     copies = build_copies(clean, config, generator, attention=attention)
     group = config.copies_per_forward or len(copies)
@@ -287,7 +287,7 @@ def train_discriminator(
         return Discriminator(dim, grid, num_heads=config.heads, hidden=config.hidden, dropout=config.dropout)
 
     def step(disc: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # the whole global batch: every rank draws its distortions (docs/SCALE.md §8); idx itself in one process
+        # the whole global batch: every rank draws its distortions (docs/SCALE.md §9); idx itself in one process
         shard = current_shard(idx)
         idx = shard.batch
         x = features[idx.to(features.device)].to(device, torch.float32, non_blocking=True)

@@ -49,7 +49,7 @@ _DROPOUT_ROWS: contextvars.ContextVar[tuple[torch.Tensor, int] | None] = context
 def dropout_rows(rows: torch.Tensor, full: int) -> Iterator[None]:
     """Dropout inside the block draws the masks of a ``full``-row forward and keeps ``rows`` (1-D index).
 
-    ``generalad fit --distributed`` (docs/SCALE.md §8): a rank forwards its rows of the global batch, and its
+    ``generalad fit --distributed`` (docs/SCALE.md §9): a rank forwards its rows of the global batch, and its
     dropout masks must be the rows of the masks one process draws for the whole batch, from the same global
     RNG, so that the run matches one process (and every rank's RNG stays in step).
     """

@@ -33,7 +33,7 @@ def masked_bce(logits: torch.Tensor, select: torch.Tensor, target: float,
     """Mean BCE against ``target`` over the entries where ``select`` is True; exactly 0 if there are none.
 
     ``count``: divide by this many entries instead of ``select``'s (a rank's rows of a global batch: its
-    share of the global mean, docs/SCALE.md §8)."""
+    share of the global mean, docs/SCALE.md §9)."""
     logits = logits.float()
     per = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(target)), reduction="none")
     sel = select.to(per.dtype)

@@ -96,7 +96,7 @@ def train_student(
         with autocast(device, precision):
             s = student(t)
         # one process: the batch mean; a torchrun rank: its share of the global batch mean (BatchNorm is
-        # synchronised by the loop, so the rows see the global batch's statistics; docs/SCALE.md §8)
+        # synchronised by the loop, so the rows see the global batch's statistics; docs/SCALE.md §9)
         loss = functional_share(distillation_loss(t, s, cfg.loss), current_shard(idx))
         loss.backward()
         return loss.detach(), {}
