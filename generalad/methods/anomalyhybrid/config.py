@@ -41,7 +41,8 @@ class AnomalyHybridConfig(BaseConfig):
     edges / depth: structure sources (generalad.methods.anomalyhybrid.structure), named in every record.
     generator: a fitted anomalyhybrid run (or ``generalad generate`` generator) whose generator is reused.
     gen_*: generator training (steps win over epochs); lambda_*: loss weights (ours, docs §3).
-    operators / regions / mask_source: the local anomalies the detector is trained on.
+    operators / regions / region_area / mask_source: the local anomalies the detector is trained on
+        (region_area None: 0.3–3 % of the image; (low, high): that fraction, drawn log-uniformly).
     modality: "rgb" | "depth" | "rgbd" detectors (depth ones need MVTec 3D-AD sensor depth).
     det_*: detector (``det_samples`` per epoch, half normal / half generated).
     """
@@ -66,6 +67,7 @@ class AnomalyHybridConfig(BaseConfig):
     lambda_fusion: float = 0.0
     operators: tuple[str, ...] = tuple(OPERATORS)
     regions: tuple[str, ...] = REGIONS
+    region_area: tuple[float, float] | None = None
     mask_source: str = "fusion"
     n_generated: int | None = None
     det_base: int | None = None
@@ -80,7 +82,7 @@ class AnomalyHybridConfig(BaseConfig):
         if self.preset not in PRESETS:
             raise ConfigError(f"anomalyhybrid: unknown preset {self.preset!r}; choose from {', '.join(PRESETS)} (--preset)")
         super().__post_init__()
-        for name in ("gen_widths", "operators", "regions"):  # JSON round trip gives lists
+        for name in ("gen_widths", "operators", "regions", "region_area"):  # JSON round trip gives lists
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(getattr(self, name)))
         StructureSources(self.edges, self.depth)  # validates both names
@@ -90,6 +92,8 @@ class AnomalyHybridConfig(BaseConfig):
             (bool(self.operators) and set(self.operators) <= set(OPERATORS),
              f"operators must be a non-empty subset of {', '.join(OPERATORS)}, got {self.operators!r}"),
             (bool(self.regions) and set(self.regions) <= set(REGIONS), f"regions must be a subset of {', '.join(REGIONS)}"),
+            (self.region_area is None or (len(self.region_area) == 2 and 0 < self.region_area[0] <= self.region_area[1] <= 1),
+             f"region_area must be (low, high) fractions of the image with 0 < low <= high <= 1, got {self.region_area!r}"),
             (self.mask_source in MASK_SOURCES, f"mask_source must be one of {', '.join(MASK_SOURCES)}"),
             (self.modality in MODALITIES, f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"),
             (self.modality == "rgb" or self.depth == "sensor",

@@ -124,14 +124,14 @@ class AnomalyHybrid(AnomalyModel):
             self.generator_, self.generator_info_ = self._generator(stack)
             self.generated_ = synthesise(
                 self.generator_, stack, cfg.n_generated, seed=cfg.seed, operators=cfg.active_operators(),
-                regions=cfg.regions, mask_source=cfg.mask_source, device=self.device,
+                regions=cfg.regions, area=cfg.region_area, mask_source=cfg.mask_source, device=self.device,
             )
             self.detectors_["rgb"], history = self._train_detector(images, self.generated_.images, self.generated_.masks)
             self.history_ += [{**h, "detector": "rgb"} for h in history]
             stats["generated"] = self.generated_.stats
         if cfg.modality in ("depth", "rgbd"):
             depth = features.maps[1]
-            edited = depth_anomalies(images, depth, cfg.n_generated, seed=cfg.seed, regions=cfg.regions,
+            edited = depth_anomalies(images, depth, cfg.n_generated, seed=cfg.seed, regions=cfg.regions, area=cfg.region_area,
                                      operators=[op for op in cfg.active_operators() if OPERATORS[op] == "depth"])
             self.detectors_["depth"], history = self._train_detector(_rgb(depth), _rgb(edited.images), edited.masks)
             self.history_ += [{**h, "detector": "depth"} for h in history]
@@ -186,7 +186,7 @@ class AnomalyHybrid(AnomalyModel):
         from generalad.device import autocast
 
         def step(model: nn.Module, idx: torch.Tensor):
-            # draws for the whole global batch, then this rank's rows (all of them in one process; docs/SCALE.md §8)
+            # draws for the whole global batch, then this rank's rows (all of them in one process; docs/SCALE.md §9)
             shard = current_shard(idx)
             size = shard.size
             anomalous = shard.take(torch.rand(size, generator=draw) < 0.5)
@@ -267,7 +267,7 @@ class AnomalyHybrid(AnomalyModel):
             "generator": self.generator_info_.get("source"),
             "structure": cfg.sources().describe(),
             "anomalies": f"{cfg.n_generated} generated local anomalies ({', '.join(cfg.active_operators())}; "
-                         f"{', '.join(cfg.regions)} regions; mask {cfg.mask_source})",
+                         f"{', '.join(cfg.regions)} regions of {_area_words(cfg.region_area)}; mask {cfg.mask_source})",
             "evaluation": "trained on normals + generated anomalies only; the full test set is evaluated",
             "image_score": f"max of the {score_window(cfg.image_size)}x{score_window(cfg.image_size)} average-pooled map",
         }
@@ -342,6 +342,10 @@ def load_generator(run: str | Path, *, expect: AnomalyHybridConfig | None = None
     return gen, info
 
 
+def _area_words(area: tuple[float, float] | None) -> str:
+    return "0.3-3 % of the image" if area is None else f"{100 * area[0]:g}-{100 * area[1]:g} % of the image, log-uniform"
+
+
 def generate_from_run(run: str | Path, samples: Sequence[Sample], n: int, out: str | Path, *, seed: int = 0,
                       kinds: Sequence[str] = ("local",), mask_source: str | None = None,
                       device: str | None = None, progress: bool = False) -> dict[str, Any]:
@@ -365,6 +369,7 @@ def generate_from_run(run: str | Path, samples: Sequence[Sample], n: int, out: s
     images = model.extract(samples, progress=progress).maps[0]
     stack = model.stack(images, samples)
     generated = synthesise(model.generator_, stack, n, seed=seed, operators=cfg.active_operators(), regions=cfg.regions,
+                           area=cfg.region_area,
                            kinds=kinds, mask_source=mask_source or cfg.mask_source, device=model.device)
     perceptual = perceptual_network(cfg.perceptual, cfg.perceptual_weights)
     record = {"generator_run": str(run), "n_sources": len(samples), "image_size": cfg.image_size,

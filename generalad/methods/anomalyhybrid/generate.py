@@ -56,7 +56,7 @@ class _Request:
 
 
 def _draw(rng: np.random.Generator, stack_np: np.ndarray, objects: list[np.ndarray], operators: Sequence[str],
-          regions: Sequence[str], kinds: Sequence[str], decoders: Sequence[str], area: tuple[float, float]) -> _Request:
+          regions: Sequence[str], kinds: Sequence[str], decoders: Sequence[str], area: tuple[float, float] | None) -> _Request:
     n = stack_np.shape[0]
     base = int(rng.integers(0, n))
     other = (base + 1 + int(rng.integers(0, n - 1))) % n if n > 1 else base
@@ -71,7 +71,7 @@ def _draw(rng: np.random.Generator, stack_np: np.ndarray, objects: list[np.ndarr
 @torch.inference_mode()
 def synthesise(gen: HybridGenerator, stack: torch.Tensor, n: int, *, seed: int = 0,
                operators: Sequence[str] = tuple(OPERATORS), regions: Sequence[str] = ("ellipse", "perlin"),
-               kinds: Sequence[str] = ("local",), mask_source: str = "fusion", area: tuple[float, float] = (0.003, 0.03),
+               kinds: Sequence[str] = ("local",), mask_source: str = "fusion", area: tuple[float, float] | None = None,
                batch_size: int = 16, device: torch.device | str = "cpu") -> Generated:
     """``n`` accepted (image, mask) pairs from ``stack`` (N, 5, S, S) in [0, 1]; see the module docstring."""
     if stack.shape[0] < 1:
@@ -178,7 +178,7 @@ def diversity(images: torch.Tensor, perceptual, *, pairs: int = 200, seed: int =
 
 def depth_anomalies(images: torch.Tensor, depth: torch.Tensor, n: int, *, seed: int = 0,
                     operators: Sequence[str] = ("bump", "dent", "depth_patch"),
-                    regions: Sequence[str] = ("ellipse", "perlin"), area: tuple[float, float] = (0.003, 0.03)) -> Generated:
+                    regions: Sequence[str] = ("ellipse", "perlin"), area: tuple[float, float] | None = None) -> Generated:
     """Depth-level anomalies for a depth detector: the sensor depth (N, 1, S, S) edited inside R, mask R.
 
     Our stand-in for [P]'s depth-level generator (docs §3): bumps and dents are already anomalous depth.

@@ -23,6 +23,17 @@ from scipy import ndimage
 OPERATORS = {"bump": "depth", "dent": "depth", "depth_patch": "depth",
              "edge_patch": "edges", "strokes": "edges", "erase": "edges"}
 REGIONS = ("ellipse", "perlin")
+#: the regions' area when ``region_area`` is None (the default): uniform in 0.3–3 % of the image
+DEFAULT_AREA = (0.003, 0.03)
+
+
+def draw_area(rng: np.random.Generator, area: tuple[float, float] | None) -> float:
+    """One region area (fraction of the image): uniform in ``DEFAULT_AREA`` for None, else log-uniform in
+    ``area`` = (low, high) — the option for ranges wider than a decade (docs/methods/anomalyhybrid.md §5)."""
+    if area is None:
+        return float(rng.uniform(*DEFAULT_AREA))
+    low, high = area
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
@@ -69,9 +80,9 @@ def _centre(rng: np.random.Generator, where: np.ndarray) -> tuple[int, int]:
     return int(ys[k]), int(xs[k])
 
 
-def ellipse_region(size: int, rng: np.random.Generator, where: np.ndarray, area: tuple[float, float]) -> np.ndarray:
+def ellipse_region(size: int, rng: np.random.Generator, where: np.ndarray, area: tuple[float, float] | None) -> np.ndarray:
     cy, cx = _centre(rng, where)
-    a = np.sqrt(rng.uniform(*area) * size * size / np.pi)
+    a = np.sqrt(draw_area(rng, area) * size * size / np.pi)
     ratio = np.exp(rng.uniform(np.log(0.3), np.log(1.0)))
     ry, rx, theta = a * np.sqrt(ratio), a / np.sqrt(ratio), rng.uniform(0, np.pi)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
@@ -101,12 +112,22 @@ def perlin_noise(size: int, cells: int, rng: np.random.Generator) -> np.ndarray:
     return top * (1 - uy) + bottom * uy
 
 
-def perlin_region(size: int, rng: np.random.Generator, where: np.ndarray, area: tuple[float, float]) -> np.ndarray:
-    """The connected component of thresholded Perlin noise around a centre on the object, clipped to a box."""
+def perlin_region(size: int, rng: np.random.Generator, where: np.ndarray, area: tuple[float, float] | None) -> np.ndarray:
+    """The largest connected component of thresholded Perlin noise inside a box around a centre on the object.
+
+    Default (``area`` None): the noise's top 4·a fraction (a uniform in 0.3–3 %) inside a box of half-side
+    √a'·size (a fresh draw). With an ``area`` range: the noise above its median (as DRAEM's masks) inside a
+    box of twice the drawn area, so about half the box is blob and the region covers up to the drawn area.
+    """
     noise = perlin_noise(size, int(rng.choice([2, 4, 8])), rng)
-    blob = noise > np.quantile(noise, 1 - rng.uniform(*area) * 4)
-    cy, cx = _centre(rng, where)
-    half = int(np.sqrt(rng.uniform(*area)) * size)
+    if area is None:
+        blob = noise > np.quantile(noise, 1 - draw_area(rng, None) * 4)
+        cy, cx = _centre(rng, where)
+        half = int(np.sqrt(draw_area(rng, None)) * size)
+    else:
+        blob = noise > np.median(noise)
+        cy, cx = _centre(rng, where)
+        half = int(np.sqrt(2 * draw_area(rng, area)) * size / 2)
     box = np.zeros_like(blob)
     box[max(0, cy - half): cy + half + 1, max(0, cx - half): cx + half + 1] = True
     labels, n = ndimage.label(blob & box)
@@ -117,8 +138,9 @@ def perlin_region(size: int, rng: np.random.Generator, where: np.ndarray, area: 
 
 
 def region(kind: str, size: int, rng: np.random.Generator, where: np.ndarray,
-           area: tuple[float, float] = (0.003, 0.03)) -> np.ndarray:
-    """A bool (size, size) region of kind ``ellipse`` | ``perlin``; ``area``: fraction of the image."""
+           area: tuple[float, float] | None = None) -> np.ndarray:
+    """A bool (size, size) region of kind ``ellipse`` | ``perlin``; ``area``: None (the default sizes) or a
+    (low, high) fraction of the image, drawn log-uniformly."""
     r = (ellipse_region if kind == "ellipse" else perlin_region)(size, rng, where, area)
     return r if r.sum() >= 4 else ellipse_region(size, rng, where, area)
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from generalad.methods.anomalyhybrid.manipulate import OPERATORS, apply_operator, foreground, perlin_noise, region
+from generalad.methods.anomalyhybrid.manipulate import (
+    OPERATORS, apply_operator, draw_area, foreground, perlin_noise, region,
+)
 
 
 def _object_image(s: int = 64) -> np.ndarray:
@@ -31,6 +33,22 @@ def test_regions_are_seeded_and_centred_on_the_object(kind: str) -> None:
     assert np.array_equal(a, b) and a.sum() >= 4
     ys, xs = np.nonzero(a)
     assert fg[int(np.median(ys)), int(np.median(xs))]
+
+
+def test_region_area_option_spans_its_range_log_uniformly() -> None:
+    rng = np.random.default_rng(0)
+    wide = (0.001, 0.25)
+    draws = np.array([draw_area(rng, wide) for _ in range(2000)])
+    assert wide[0] <= draws.min() and draws.max() <= wide[1]
+    # log-uniform: the median sits at the geometric mean of the bounds, not the arithmetic one
+    assert abs(np.log(np.median(draws)) - np.log(np.sqrt(wide[0] * wide[1]))) < 0.15
+    default = np.array([draw_area(rng, None) for _ in range(500)])
+    assert 0.003 <= default.min() and default.max() <= 0.03
+    everywhere = np.ones((128, 128), dtype=bool)
+    for kind in ("ellipse", "perlin"):
+        small = np.mean([region(kind, 128, rng, everywhere, area=(0.002, 0.004)).mean() for _ in range(30)])
+        large = np.mean([region(kind, 128, rng, everywhere, area=(0.1, 0.2)).mean() for _ in range(30)])
+        assert small < 0.006 and 0.04 < large < 0.25, (kind, small, large)
 
 
 def test_perlin_noise_is_smooth_and_bounded() -> None:
