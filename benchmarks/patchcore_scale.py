@@ -27,6 +27,7 @@ import os
 import subprocess
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,9 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     x = mixture(work / "x.npy", n, seed=0)
     row = {"n": n, "dim": DIM, "x_disk_mb": round((work / "x.npy").stat().st_size / 1e6, 1), "picks": args.picks}
-    xt = torch.from_numpy(np.asarray(x))  # fp16 pages from the page cache; projected in 32768-row chunks
+    with warnings.catch_warnings():  # a read-only memmap: torch only reads it, and copying 10^7 rows would defeat it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        xt = torch.from_numpy(np.asarray(x))  # fp16 pages from the page cache; projected in 32768-row chunks
     single, t1, r1 = timed(lambda: greedy_coreset(xt, n=args.picks, proj_dim=128, seed=0))
     bank_dir = work / "coreset_shards"
     pool, t0, _ = timed(lambda: ShardPool(2))  # started once, for the sharded coreset and search
