@@ -18,7 +18,7 @@ from generalad.backbones.base import (
     FeatureSet,
     preprocess,
 )
-from generalad.backbones.cache import backbone_throughput, extract_features
+from generalad.backbones.cache import backbone_throughput, extract_features, iter_features
 from generalad.backbones.cnn import CNN_MODELS, CNNBackbone, create_cnn
 from generalad.backbones.vit import VIT_MODELS, ViTBackbone, create_dinov2
 from generalad.backbones.weights import resolve_weights, sha256_file
@@ -26,7 +26,7 @@ from generalad.errors import ConfigError
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "RANDOM_INIT", "Backbone", "CNNBackbone", "FeatureSet", "Features",
-    "ViTBackbone", "backbone_throughput", "create_backbone", "extract_features", "list_backbones", "preprocess",
+    "ViTBackbone", "backbone_throughput", "create_backbone", "extract_features", "iter_features", "list_backbones", "preprocess",
     "resolve_weights", "sha256_file",
 ]
 

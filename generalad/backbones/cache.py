@@ -33,6 +33,8 @@ from generalad.device import autocast, resolve_precision, synchronize
 from generalad.errors import ConfigError
 
 CACHE_FORMAT = 1
+PREFETCH_DEPTH = 2  # batches decoded ahead of the one the backbone runs (bounded memory: 2 input batches)
+FIRST_BATCH = 4  # images in the first batch of a pass (see iter_features)
 PREPROCESS_VERSION = "bicubic-antialias-clamp-v1"  # bump when preprocess() changes its output
 
 
@@ -146,16 +148,21 @@ class _Collector:
 
 
 def _prefetched(batches: Iterable[Any], load: Callable[[Any], Any], num_workers: int) -> Iterator[tuple[Any, Any]]:
-    """(batch, load(batch)) in order; with workers, the next batches are decoded while this one runs."""
+    """(batch, load(batch)) in order; with workers, the next batches are decoded while this one runs.
+
+    Up to ``max(num_workers, PREFETCH_DEPTH)`` batches are queued ahead, so the decoder keeps working while
+    the consumer spends longer than one batch's decode on something else (scoring a chunk).
+    """
     if num_workers <= 0:
         for batch in batches:
             yield batch, load(batch)
         return
+    depth = max(num_workers, PREFETCH_DEPTH)
     with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="generalad-decode") as pool:
         pending: deque = deque()
         for batch in batches:
             pending.append((batch, pool.submit(load, batch)))
-            if len(pending) > num_workers:
+            if len(pending) > depth:
                 done, future = pending.popleft()
                 yield done, future.result()
         while pending:
@@ -188,6 +195,36 @@ def extract_features(
     2-core box (16 bottle PNGs, 224 px, fp32): 1 thread gave 2-3x the images/s of 0; 2 threads no more than 1.
     ``jpeg_draft``: decode JPEGs at the smallest DCT scale that is still ≥ ``image_size`` (``read_image(draft=)``).
     """
+    collector = _Collector(len(samples))
+    for indices, tensors in iter_features(
+        backbone, samples, image_size=image_size, batch_size=batch_size, precision=precision,
+        cache_dir=cache_dir, with_attention=with_attention, progress=progress, num_workers=num_workers,
+        jpeg_draft=jpeg_draft,
+    ):
+        for j, i in enumerate(indices):
+            collector.put(i, [t[j] for t in tensors])
+    return collector.result(with_attention)
+
+
+def iter_features(
+    backbone: Backbone,
+    samples: Sequence[Any],
+    *,
+    image_size: int | Sequence[int],
+    batch_size: int = 16,
+    precision: str = "bf16",
+    cache_dir: str | os.PathLike[str] | None = None,
+    with_attention: bool = False,
+    progress: bool = True,
+    num_workers: int = 1,
+    jpeg_draft: bool = False,
+) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    """``extract_features`` as a stream: (sample indices, [map_0 (b, C, h, w), …, (attention)] float32 CPU).
+
+    Cache hits come first (one item each), then the rest batch by batch in sample order. While the caller
+    works on an item, the next batch is being decoded (``num_workers`` threads): a consumer that scores
+    as it goes keeps the decoder busy across its own chunk boundaries (``AnomalyModel.infer_batches``).
+    """
     size = backbone.check_image_size(image_size)
     device = _device(backbone)
     precision = _check_precision(precision, device)
@@ -197,7 +234,6 @@ def extract_features(
         raise ConfigError(f"CLS attention needs a ViT backbone; {backbone.name} is a {backbone.kind}")
     read_image, content_hash = _data_api()
     n_maps = len(backbone.layers)
-    collector = _Collector(len(samples))
     bar = tqdm(total=len(samples), desc=f"features {backbone.name}", unit="img", disable=None if progress else True)
 
     # 1. cache hits
@@ -213,8 +249,8 @@ def extract_features(
             if cached is None:
                 todo.append(i)
             else:
-                collector.put(i, cached)
-        bar.update(len(samples) - len(todo))
+                bar.update(1)
+                yield [i], [t[None] for t in cached]
 
     # 2. the rest through the backbone, decoding ahead in the background when asked
     pin = device.type == "cuda"
@@ -224,36 +260,37 @@ def extract_features(
         x = preprocess([read_image(samples[i], draft=draft) for i in indices], size, backbone.mean, backbone.std)
         return x.pin_memory() if pin else x  # pinned in the decode thread: the upload does not block
 
-    def store(indices: list[int], outs: list[torch.Tensor], ready: Any) -> None:
+    def store(indices: list[int], outs: list[torch.Tensor], ready: Any) -> tuple[list[int], list[torch.Tensor]]:
         if ready is not None:
             ready.synchronize()  # the non-blocking download of this batch has landed
         if paths:  # round like the cache stores it, so first and cached runs agree exactly
             outs = [t.half().float() for t in outs]
-        for j, i in enumerate(indices):
-            per_image = [t[j] for t in outs]
-            collector.put(i, per_image)
-            if paths:
-                _write_cached(paths[i], per_image, with_attention, meta)
+            for j, i in enumerate(indices):
+                _write_cached(paths[i], [t[j] for t in outs], with_attention, meta)
         bar.update(len(indices))
+        return indices, outs
 
     meta = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256, "precision": precision}
-    batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
+    # a short first batch: the backbone starts after a few decodes instead of a whole batch of them
+    first = min(batch_size, FIRST_BATCH)
+    batches = [todo[:first]] + [todo[k : k + batch_size] for k in range(first, len(todo), batch_size)]
+    batches = [b for b in batches if b]
     pending: tuple[list[int], list[torch.Tensor], Any] | None = None  # CUDA: stored after the next launch
-    with torch.inference_mode():
+    try:
         for indices, x in _prefetched(batches, load, num_workers):
-            with autocast(device, precision):
+            with torch.inference_mode(), autocast(device, precision):
                 feats = backbone(x.to(device, non_blocking=pin), with_attention=with_attention)
-            outs, ready = _to_host(feats.maps + ([feats.attention] if with_attention else []), device)
+                outs, ready = _to_host(feats.maps + ([feats.attention] if with_attention else []), device)
             if pending is not None:
-                store(*pending)
+                yield store(*pending)
             pending = (indices, outs, ready)
             if ready is None:  # nothing to overlap with
-                store(*pending)
+                yield store(*pending)
                 pending = None
         if pending is not None:
-            store(*pending)
-    bar.close()
-    return collector.result(with_attention)
+            yield store(*pending)
+    finally:
+        bar.close()
 
 
 def backbone_throughput(

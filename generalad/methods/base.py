@@ -357,11 +357,54 @@ class AnomalyModel:
     ) -> Iterator[tuple[Sequence[Sample], np.ndarray, torch.Tensor]]:
         """Yield (samples, raw image scores, maps at the working size) chunk by chunk (bounded memory)."""
         self._check_fitted_state()
-        for chunk in _chunks(list(samples), self.infer_chunk):
+        samples = list(samples)
+        if self._streams_features():
+            yield from self._infer_streamed(samples, use_cache, progress)
+            return
+        for chunk in _chunks(samples, self.infer_chunk):
             source, context = self._prepare_infer(chunk)
             features = self.extract(source, progress=progress, use_cache=use_cache)
             scores, maps = self._scores_and_maps(features, context)
             yield chunk, scores, maps
+
+    def _streams_features(self) -> bool:
+        """Whether inference may stream one feature pass over all samples: the images go to the backbone
+        as given (no per-chunk ``_prepare_infer`` or ``extract`` of the method's own) and no torchrun group
+        shards them."""
+        from generalad import distributed
+
+        cls = type(self)
+        return (cls._prepare_infer is AnomalyModel._prepare_infer and cls.extract is AnomalyModel.extract
+                and distributed.parallel() is None)
+
+    def _infer_streamed(
+        self, samples: list[Sample], use_cache: bool, progress: bool
+    ) -> Iterator[tuple[Sequence[Sample], np.ndarray, torch.Tensor]]:
+        """``infer_batches`` over one feature stream: chunk k is scored while the next batch is decoded, and
+        chunk k + 1 starts without waiting for its first decode (measured in docs/RESULTS.md, issue 17)."""
+        from generalad.backbones import FeatureSet, iter_features
+
+        stream = iter_features(
+            self.backbone(), samples, image_size=self.working_size, batch_size=self.config.batch_size,
+            precision=self.precision, cache_dir=self.config.cache_dir if use_cache else None,
+            with_attention=self.needs_attention, progress=progress, jpeg_draft=self.config.jpeg_draft,
+        )
+        parts: dict[int, list[torch.Tensor]] = {}  # sample index → its tensors, until its chunk is complete
+        start = 0
+        for indices, tensors in stream:
+            for j, i in enumerate(indices):
+                parts[i] = [t[j] for t in tensors]
+            while start < len(samples):
+                stop = min(start + self.infer_chunk, len(samples))
+                if any(i not in parts for i in range(start, stop)):
+                    break
+                per_image = [parts.pop(i) for i in range(start, stop)]
+                stacked = [torch.stack(ts) for ts in zip(*per_image, strict=True)]
+                features = FeatureSet(maps=stacked[:-1], attention=stacked[-1]) if self.needs_attention \
+                    else FeatureSet(maps=stacked, attention=None)
+                scores, maps = self._scores_and_maps(features, None)
+                yield samples[start:stop], scores, maps
+                start = stop
 
     def _check_fitted_state(self) -> None:
         """Inference needs learned state (calibration comes after it inside fit, so it is not required)."""

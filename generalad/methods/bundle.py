@@ -68,7 +68,9 @@ def write_bundle(backbone: nn.Module, directory: Path) -> dict[str, Any]:
         return {"file": None, "sha256": None, "source_weights_sha256": source,
                 "note": f"the {kind} backbone has no weights: nothing to bundle"}
     metadata = {"backbone": str(getattr(backbone, "name", "")), "source_weights_sha256": source}
-    path = atomic_save_safetensors(directory / BUNDLE_FILE, module.state_dict(), metadata)
+    as_loaded = getattr(backbone, "source_state_dict", None)  # CNNs run BatchNorm-folded weights
+    state = as_loaded() if callable(as_loaded) else module.state_dict()
+    path = atomic_save_safetensors(directory / BUNDLE_FILE, state, metadata)
     return {"file": BUNDLE_FILE, "sha256": sha256_file(path), "source_weights_sha256": source}
 
 
