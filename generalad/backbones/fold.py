@@ -1,4 +1,4 @@
-"""Fold frozen BatchNorm into the convolution before it (docs/methods/patchcore.md, "Backbone speed").
+"""Fold frozen BatchNorm into the convolution before it (docs/ARCHITECTURE.md, "How the frozen CNNs run fast").
 
 A frozen CNN in eval mode computes ``bn(conv(x)) = γ·(W∗x + b − μ)/√(σ² + ε) + β`` — an affine map per
 output channel that can be written into the convolution itself: ``W' = W·s``, ``b' = (b − μ)·s + β`` with

@@ -118,3 +118,29 @@ def test_reweight_favours_isolated_bank_vectors():
     got = patchcore_reweight(d.reshape(2, 1), i.reshape(2, 1), feats, nn, b=9)
     assert torch.allclose(d[:, 0], torch.ones(2), atol=1e-5)
     assert got[1] > got[0]
+
+
+@pytest.mark.parametrize("m", [1, 63, 64, 65, 128, 200, 3528])
+def test_argmin_rows_equals_argmin_ties_included(m):
+    from generalad.nn.knn import argmin_rows
+
+    g = torch.Generator().manual_seed(m)
+    for values in (torch.randn(37, m, generator=g), torch.randint(0, 3, (37, m), generator=g).float()):
+        assert torch.equal(argmin_rows(values), values.argmin(dim=1, keepdim=True))
+        block = torch.empty(40, m)[:37]  # a view into a larger scratch block, as search() passes it
+        block.copy_(values)
+        assert torch.equal(argmin_rows(block), values.argmin(dim=1, keepdim=True))
+
+
+def test_ivfpq_searches_exactly_the_queries_its_cells_leave_short():
+    from generalad.nn.knn import IVFPQParams
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(512, 8, generator=g)
+    q = torch.randn(20, 8, generator=g)
+    # 64 cells of ~8 vectors, one probed: k = 40 neighbours cannot come from one cell
+    index = NearestNeighbours(bank, backend="ivfpq", ivf=IVFPQParams(nlist=64, pq_m=4, nprobe=1, refine=1))
+    dist, idx = index.search(q, k=40)
+    exact_d, exact_i = NearestNeighbours(bank, backend="torch").search(q, k=40)
+    assert torch.equal(idx, exact_i)
+    torch.testing.assert_close(dist, exact_d)
