@@ -120,6 +120,11 @@ CNN_MODELS: dict[str, CNNSpec] = {
 MICRO_BATCH_BYTES = 16 * 2**20  # CNNBackbone.micro_batch: half of glibc's largest dynamic mmap threshold
 
 
+def _tracing() -> bool:
+    """Inside torch.export / dynamo (``generalad export``) or a TorchScript trace."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
 class _StopForward(Exception):
     """Raised by the hook of the last needed layer: the rest of the network is not computed."""
 
@@ -215,8 +220,8 @@ class CNNBackbone(Backbone):
         of 3–4 — the speed the process reaches with the allocator tunables of generalad.allocator, which
         only the ``generalad`` command can set for itself. Off the CPU the whole batch runs at once.
         """
-        if x.device.type != "cpu" or not self._activation_per_pixel:
-            return x.shape[0]
+        if x.device.type != "cpu" or not self._activation_per_pixel or _tracing():
+            return x.shape[0]  # a traced / exported graph keeps its dynamic batch axis whole
         per_image = self._activation_per_pixel * x.shape[-2] * x.shape[-1] * 4  # fp32 bytes
         return max(1, min(x.shape[0], int(MICRO_BATCH_BYTES // per_image)))
 
