@@ -171,39 +171,17 @@ def _prefetched(batches: Iterable[Any], load: Callable[[Any], Any], num_workers:
 
 
 # ----------------------------------------------------------------------------------------- public
-def extract_features(
-    backbone: Backbone,
-    samples: Sequence[Any],
-    *,
-    image_size: int | Sequence[int],
-    batch_size: int = 16,
-    precision: str = "bf16",
-    cache_dir: str | os.PathLike[str] | None = None,
-    with_attention: bool = False,
-    progress: bool = True,
-    num_workers: int = 1,
-    jpeg_draft: bool = False,
-) -> FeatureSet:
+def extract_features(backbone: Backbone, samples: Sequence[Any], **options: Any) -> FeatureSet:
     """Features of every sample, in order: maps (N, C, h, w) and attention (N, heads, h*w) float32 on the CPU.
 
-    The backbone runs on its parameters' device (see the module docstring); ``precision`` is "bf16", "fp32"
-    or "auto" (resolved on that device).
-
-    ``cache_dir``: reuse / store per-image features there (fp16; results are then fp16-rounded on the first
-    run too, so a cached rerun returns bit-identical features). ``num_workers``: background threads that
-    decode + resize the next batches while this one runs (0 = all in this thread). Measured on the shared
-    2-core box (16 bottle PNGs, 224 px, fp32): 1 thread gave 2-3x the images/s of 0; 2 threads no more than 1.
-    ``jpeg_draft``: decode JPEGs at the smallest DCT scale that is still ≥ ``image_size`` (``read_image(draft=)``).
+    ``options``: those of :func:`iter_features` (``image_size`` required), whose stream this collects into
+    preallocated (N, ...) tensors.
     """
     collector = _Collector(len(samples))
-    for indices, tensors in iter_features(
-        backbone, samples, image_size=image_size, batch_size=batch_size, precision=precision,
-        cache_dir=cache_dir, with_attention=with_attention, progress=progress, num_workers=num_workers,
-        jpeg_draft=jpeg_draft,
-    ):
+    for indices, tensors in iter_features(backbone, samples, **options):
         for j, i in enumerate(indices):
             collector.put(i, [t[j] for t in tensors])
-    return collector.result(with_attention)
+    return collector.result(bool(options.get("with_attention", False)))
 
 
 def iter_features(
@@ -219,7 +197,17 @@ def iter_features(
     num_workers: int = 1,
     jpeg_draft: bool = False,
 ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
-    """``extract_features`` as a stream: (sample indices, [map_0 (b, C, h, w), …, (attention)] float32 CPU).
+    """The features of ``samples`` as a stream: (sample indices, [map_0 (b, C, h, w), …, (attention)]),
+    float32 on the CPU.
+
+    The backbone runs on its parameters' device (see the module docstring); ``precision`` is "bf16", "fp32"
+    or "auto" (resolved on that device).
+
+    ``cache_dir``: reuse / store per-image features there (fp16; results are then fp16-rounded on the first
+    run too, so a cached rerun returns bit-identical features). ``num_workers``: background threads that
+    decode + resize the next batches while this one runs (0 = all in this thread). Measured on the shared
+    2-core box (16 bottle PNGs, 224 px, fp32): 1 thread gave 2-3x the images/s of 0; 2 threads no more than 1.
+    ``jpeg_draft``: decode JPEGs at the smallest DCT scale that is still ≥ ``image_size`` (``read_image(draft=)``).
 
     Cache hits come first (one item each), then the rest batch by batch in sample order. While the caller
     works on an item, the next batch is being decoded (``num_workers`` threads): a consumer that scores
