@@ -113,6 +113,9 @@ def session(device: torch.device, backend: str | None = None, *, timeout_s: floa
     _ACTIVE = Group(rank, world, local_rank, backend)
     try:
         yield _ACTIVE
+        # every rank has finished communicating before any tears its group down: gloo can abort a rank
+        # ("terminate called without an active exception") that exits while a peer still talks to it
+        dist.barrier()
     finally:
         _ACTIVE = None
         dist.destroy_process_group()
