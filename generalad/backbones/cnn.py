@@ -145,6 +145,7 @@ class CNNBackbone(Backbone):
         weights_path: str | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        source_state: Callable[[], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         super().__init__(
             name=name, arch=arch, weights_sha256=weights_sha256, weights_path=weights_path, layers=list(layers),
@@ -161,9 +162,13 @@ class CNNBackbone(Backbone):
                     f"unknown layer {layer!r} for {name} (--layers); choose from: {', '.join(choices)}, …"
                 )
         # Frozen for good (Backbone.train): BatchNorm folds into the convolution before it (backbones/fold.py).
-        # The loaded weights stay as loaded for bundling (source_state_dict): the folded ones fit no loader.
+        # Bundles need the weights as loaded (the folded ones fit no loader): ``source_state`` re-reads them
+        # from their file when asked; without one (random init) the unfolded tensors are kept in memory.
         model.train(False)
-        self._source_state = dict(model.state_dict())
+        if source_state is None:
+            kept = dict(model.state_dict())
+            source_state = kept.copy
+        self._source_state = source_state
         probe = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         self.model, self.folded_batchnorms = fold_batchnorm(model, probe, keep=self.layers)
         modules = dict(self.model.named_modules())
@@ -178,7 +183,7 @@ class CNNBackbone(Backbone):
 
     def source_state_dict(self) -> dict[str, torch.Tensor]:
         """The network's weights as loaded (before BatchNorm folding): what a weights file of it holds."""
-        return self._source_state
+        return self._source_state()
 
     def _hook(self, layer: str):
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -267,7 +272,15 @@ def create_cnn(
         hash_prefix = spec.url.rsplit("-", 1)[-1].split(".")[0]
         hint = f"a torchvision {name} state dict (.pth/.safetensors)"
         path = download_weights(name, spec.url, cache_dir=cache_dir, hash_prefix=hash_prefix, hint=hint)
-    sd = load_state_dict_file(path)
     convert = spec.convert or (lambda s, _m: s)
+    digest = sha256_file(path)
+
+    def as_loaded() -> dict[str, torch.Tensor]:
+        """The file's weights in this network's keys, read again (only bundling asks for them)."""
+        if sha256_file(path) != digest:
+            raise WeightsError(f"weights file {path} changed after {name} was loaded from it; load the model again")
+        return build_and_load(spec.factory, lambda m: convert(load_state_dict_file(path), m), path, name).state_dict()
+
+    sd = load_state_dict_file(path)  # freed on return: as_loaded reads the file again rather than keep a copy
     model = build_and_load(spec.factory, lambda m: convert(sd, m), path, name)
-    return CNNBackbone(model, weights_sha256=sha256_file(path), weights_path=str(path), **common)
+    return CNNBackbone(model, weights_sha256=digest, weights_path=str(path), source_state=as_loaded, **common)

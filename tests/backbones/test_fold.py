@@ -73,6 +73,31 @@ def test_lite0_is_folded_and_bundles_its_loaded_weights():
     assert "bn1.running_var" in state and "blocks.0.0.conv_dw.bias" not in state
 
 
+def test_bundled_weights_are_read_again_from_their_file(tmp_path):
+    """The unfolded weights are not kept in memory beside the folded ones: bundling re-reads the file, and a
+    file that changed since the backbone was loaded is a one-line WeightsError, never other weights."""
+    import pytest
+    from safetensors.torch import save_file
+
+    from generalad.backbones.weights import load_state_dict_file
+    from generalad.errors import WeightsError
+
+    bundled = create_backbone("efficientnet_lite0")
+    state = bundled.source_state_dict()  # the bundled file (the package's .pth), in timm's keys
+    assert "bn1.running_var" in state and "blocks.0.0.conv_dw.bias" not in state
+    copy = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(copy))
+    bb = create_backbone("efficientnet_lite0", weights=str(copy), layers=["blocks.2"])
+    again = bb.source_state_dict()
+    assert set(again) == set(state) and all(torch.equal(again[k], state[k]) for k in state)
+    on_disk = load_state_dict_file(copy)
+    on_disk["bn1.running_var"] = on_disk["bn1.running_var"] + 1
+    save_file(on_disk, str(copy))
+    with pytest.raises(WeightsError, match="changed after efficientnet_lite0 was loaded") as err:
+        bb.source_state_dict()
+    assert "\n" not in str(err.value)
+
+
 def test_micro_batches_give_the_whole_batch_features(monkeypatch):
     bb = create_backbone("resnet18", weights="random", layers=["layer1", "layer2"])
     x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
