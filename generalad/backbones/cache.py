@@ -184,6 +184,25 @@ def extract_features(backbone: Backbone, samples: Sequence[Any], **options: Any)
     return collector.result(bool(options.get("with_attention", False)))
 
 
+def in_chunks(
+    stream: Iterable[tuple[list[int], list[torch.Tensor]]], n: int, chunk: int, with_attention: bool
+) -> Iterator[tuple[int, int, FeatureSet]]:
+    """(start, stop, features of samples start..stop-1): an :func:`iter_features` stream over ``n`` samples
+    cut into consecutive chunks of ``chunk``, each yielded as soon as all its samples have arrived."""
+    parts: dict[int, list[torch.Tensor]] = {}  # sample index → its tensors, until its chunk is complete
+    start = 0
+    for indices, tensors in stream:
+        for j, i in enumerate(indices):
+            parts[i] = [t[j] for t in tensors]
+        while start < n and all(i in parts for i in range(start, min(start + chunk, n))):
+            stop = min(start + chunk, n)
+            collector = _Collector(stop - start)
+            for k in range(start, stop):
+                collector.put(k - start, parts.pop(k))
+            yield start, stop, collector.result(with_attention)
+            start = stop
+
+
 def iter_features(
     backbone: Backbone,
     samples: Sequence[Any],
@@ -261,8 +280,9 @@ def iter_features(
     meta = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256, "precision": precision}
     # a short first batch: the backbone starts after a few decodes instead of a whole batch of them
     first = min(batch_size, FIRST_BATCH)
-    batches = [todo[:first]] + [todo[k : k + batch_size] for k in range(first, len(todo), batch_size)]
-    batches = [b for b in batches if b]
+    batches = [todo[k : k + batch_size] for k in range(first, len(todo), batch_size)]
+    if todo:
+        batches.insert(0, todo[:first])
     pending: tuple[list[int], list[torch.Tensor], Any] | None = None  # CUDA: stored after the next launch
     try:
         for indices, x in _prefetched(batches, load, num_workers):

@@ -222,17 +222,13 @@ class AnomalyModel:
         """``extract`` in this process only (no sharding)."""
         from generalad.backbones import extract_features
 
-        return extract_features(
-            self.backbone(),
-            list(samples),
-            image_size=self.working_size,
-            batch_size=self.config.batch_size,
-            precision=self.precision,
-            cache_dir=self.config.cache_dir if use_cache else None,
-            with_attention=self.needs_attention,
-            progress=progress,
-            jpeg_draft=self.config.jpeg_draft,
-        )
+        return extract_features(self.backbone(), list(samples), **self._feature_options(use_cache, progress))
+
+    def _feature_options(self, use_cache: bool, progress: bool) -> dict[str, Any]:
+        """How this model's features are extracted (``extract_features`` / ``iter_features`` keywords)."""
+        return dict(image_size=self.working_size, batch_size=self.config.batch_size, precision=self.precision,
+                    cache_dir=self.config.cache_dir if use_cache else None, with_attention=self.needs_attention,
+                    progress=progress, jpeg_draft=self.config.jpeg_draft)
 
     # ----------------------------------------------------------------- hooks for methods
     def _fit_features(self, features, samples: Sequence[Sample], *, held_out=None) -> None:
@@ -382,29 +378,12 @@ class AnomalyModel:
     ) -> Iterator[tuple[Sequence[Sample], np.ndarray, torch.Tensor]]:
         """``infer_batches`` over one feature stream: chunk k is scored while the next batch is decoded, and
         chunk k + 1 starts without waiting for its first decode (measured in docs/RESULTS.md, issue 17)."""
-        from generalad.backbones import FeatureSet, iter_features
+        from generalad.backbones.cache import in_chunks, iter_features
 
-        stream = iter_features(
-            self.backbone(), samples, image_size=self.working_size, batch_size=self.config.batch_size,
-            precision=self.precision, cache_dir=self.config.cache_dir if use_cache else None,
-            with_attention=self.needs_attention, progress=progress, jpeg_draft=self.config.jpeg_draft,
-        )
-        parts: dict[int, list[torch.Tensor]] = {}  # sample index → its tensors, until its chunk is complete
-        start = 0
-        for indices, tensors in stream:
-            for j, i in enumerate(indices):
-                parts[i] = [t[j] for t in tensors]
-            while start < len(samples):
-                stop = min(start + self.infer_chunk, len(samples))
-                if any(i not in parts for i in range(start, stop)):
-                    break
-                per_image = [parts.pop(i) for i in range(start, stop)]
-                stacked = [torch.stack(ts) for ts in zip(*per_image, strict=True)]
-                features = FeatureSet(maps=stacked[:-1], attention=stacked[-1]) if self.needs_attention \
-                    else FeatureSet(maps=stacked, attention=None)
-                scores, maps = self._scores_and_maps(features, None)
-                yield samples[start:stop], scores, maps
-                start = stop
+        stream = iter_features(self.backbone(), samples, **self._feature_options(use_cache, progress))
+        for start, stop, features in in_chunks(stream, len(samples), self.infer_chunk, self.needs_attention):
+            scores, maps = self._scores_and_maps(features, None)
+            yield samples[start:stop], scores, maps
 
     def _check_fitted_state(self) -> None:
         """Inference needs learned state (calibration comes after it inside fit, so it is not required)."""

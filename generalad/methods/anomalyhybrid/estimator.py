@@ -26,7 +26,7 @@ from generalad.errors import ConfigError, InputError
 from generalad.methods.anomalyhybrid.config import AnomalyHybridConfig
 from generalad.methods.anomalyhybrid.detector import DiscriminativeUNet, focal_loss, pooled_max, score_window
 from generalad.methods.anomalyhybrid.generate import Generated, depth_anomalies, synthesise
-from generalad.methods.anomalyhybrid.manipulate import OPERATORS
+from generalad.methods.anomalyhybrid.manipulate import DEFAULT_AREA, OPERATORS
 from generalad.methods.anomalyhybrid.generator import HybridGenerator
 from generalad.methods.anomalyhybrid.train_gen import perceptual_network, train_generator
 from generalad.methods.base import AnomalyModel, BaseConfig
@@ -343,7 +343,9 @@ def load_generator(run: str | Path, *, expect: AnomalyHybridConfig | None = None
 
 
 def _area_words(area: tuple[float, float] | None) -> str:
-    return "0.3-3 % of the image" if area is None else f"{100 * area[0]:g}-{100 * area[1]:g} % of the image, log-uniform"
+    if area is None:
+        return f"{100 * DEFAULT_AREA[0]:g}-{100 * DEFAULT_AREA[1]:g} % of the image"
+    return f"{100 * area[0]:g}-{100 * area[1]:g} % of the image, log-uniform"
 
 
 def generate_from_run(run: str | Path, samples: Sequence[Sample], n: int, out: str | Path, *, seed: int = 0,
