@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from generalad.device import CPU_BF16_ENV
+
+# precision="auto" resolves per CPU: bf16 on AVX512-BF16 / AMX, fp32 elsewhere (generalad.device). The suite's
+# parity tolerances (export vs torch, two ranks vs one) are fp32 ones, and CI lands on either kind of CPU, so
+# "auto" means fp32 here — in this process and in the CLI / torchrun children it starts — unless the caller
+# set GENERALAD_CPU_BF16 already. The bf16 paths are tested by asking for "bf16"; the probe by tests/test_device.py.
+os.environ.setdefault(CPU_BF16_ENV, "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT.parent / "shared").resolve()
